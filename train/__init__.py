@@ -1,0 +1,1 @@
+"""Training of PaSS look-ahead vectors: data pipeline, loss and loop."""
