@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
+from pass_jax.errors import PassJaxError
 from tqdm import tqdm
 
 WIKI_WHEEL_SPEC = "exllamav2==0.3.2"
@@ -45,7 +46,7 @@ _DOC_RE = re.compile(r"<doc\b([^>]*)>(.*?)</doc>", re.S)
 _ATTR_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
-class CorpusError(ValueError):
+class CorpusError(PassJaxError):
     """A corpus is missing, empty or malformed (bad user input, not a bug)."""
 
 

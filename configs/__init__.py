@@ -1,0 +1,1 @@
+"""Named configs: model presets (`"kind": "model"`) and training runs (`"kind": "train"`)."""

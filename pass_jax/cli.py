@@ -1,0 +1,173 @@
+"""`pass-jax` command line: generate, convert (and the subcommands other modules register)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import PassJaxError
+
+EPILOG_GENERATE = """examples:
+  pass-jax generate --prompt "The capital of France is"
+  pass-jax generate --prompt "def fibonacci(n):" --num-lookahead 6 --temperature 0.8 --top-k 10
+  pass-jax generate --prompts prompts.jsonl --batch-size 4 --json > out.jsonl
+  pass-jax generate --mode ar --temperature 0 --prompt "Once upon a time"   # plain decoding
+
+PaSS output has exactly the distribution of plain sampling (--mode ar): look-ahead vectors only
+change how many tokens each model call yields."""
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise PassJaxError(f"prompts file {path} not found")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise PassJaxError(f"{path}:{number}: not a JSON object") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise PassJaxError(f'{path}:{number}: each line needs a string "prompt" key')
+            prompts.append(record["prompt"])
+    if not prompts:
+        raise PassJaxError("no prompt: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    return prompts
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8, top_k: int | None = 10) -> None:
+    group = parser.add_argument_group("sampling (applied identically to drafts and target)")
+    group.add_argument("--temperature", type=float, default=temperature,
+                       help=f"0 means greedy (default {temperature}, the paper's setting)")
+    group.add_argument("--top-k", type=int, default=top_k, help=f"keep the k most likely tokens (default {top_k})")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0: off)")
+
+
+def sampling_from_args(args):
+    from .sampling import SamplingConfig
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
+def cmd_generate(args) -> int:
+    from .generate import Generator
+    from .loading import load_model
+
+    prompts = _read_prompts(args)
+    sampling = sampling_from_args(args)
+    _log(f"loading {args.model} ...")
+    model = load_model(args.model)
+    generator = Generator(model, mode=args.mode, num_lookahead=args.num_lookahead, lookahead=args.lookahead,
+                          max_new_tokens=args.max_new_tokens, sampling=sampling, batch_size=args.batch_size)
+    if args.mode == "pass":
+        _log(f"PaSS with L={args.num_lookahead} look-ahead steps, vectors: {generator.lookahead_source}")
+    _log("compiling the decode loop (once per prompt-length bucket) ...")
+    results, summary = generator.generate(prompts, seed=args.seed, progress=True)
+    for result in results:
+        if args.json:
+            keys = ("model_calls", "new_tokens", "tokens_per_call", "mean_accepted", "wall_s", "tokens_per_s")
+            print(json.dumps({"prompt": result.prompt, "text": result.text, "tokens": result.tokens,
+                              "stats": {k: result.stats[k] for k in keys}}), flush=True)
+        else:
+            print(result.prompt + result.text, flush=True)
+            print("-" * 40, flush=True)
+    if args.json:
+        print(json.dumps({"summary": {"mode": args.mode, "num_lookahead": args.num_lookahead, **summary}}))
+    else:
+        _log(f"{summary['new_tokens']} tokens in {summary['wall_s']:.2f} s ({summary['tokens_per_s']:.1f} tok/s), "
+             f"{summary['tokens_per_call']:.2f} tokens per model call, mean accepted drafts "
+             f"{summary['mean_accepted']:.2f}; compile {summary['compile_s']:.1f} s (not included)")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .loading import load_model, save_converted
+
+    _log(f"loading {args.src} ...")
+    model = load_model(args.src)
+    save_converted(model, Path(args.dst))
+    _log(f"wrote an Orbax checkpoint of {model.config.num_params():,} parameters to {args.dst}; "
+         f"load it with --model {args.dst}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pass-jax",
+        description="PaSS (Parallel Speculative Sampling) for LLaMA-family models in JAX: lossless speed-ups "
+                    "from a few learned look-ahead embeddings, no draft model.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="generate text (PaSS or autoregressive)", epilog=EPILOG_GENERATE,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("--prompt", action="append", help="prompt text; repeat for several prompts")
+    gen.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} object per line')
+    gen.add_argument("--model", default="smollm2-135m",
+                     help="smollm2-135m (bundled, default), a .gguf file, a Hugging Face LLaMA directory, "
+                          "or a directory from `pass-jax convert`")
+    gen.add_argument("--mode", choices=("ar", "pass"), default="pass", help="pass (default) or ar: plain decoding")
+    gen.add_argument("--num-lookahead", "-L", type=int, default=4, help="look-ahead steps L (default 4)")
+    gen.add_argument("--lookahead", default="default", metavar="{default,none,PATH}",
+                     help="look-ahead vectors: default (shipped trained ones for the bundled model), "
+                          "none (untrained), or a .npz / Orbax path")
+    gen.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
+    add_sampling_args(gen)
+    gen.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt, then a summary line")
+    gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convert", help="write a checkpoint as a sharded Orbax directory for fast reload")
+    conv.add_argument("src", help="a .gguf file, a Hugging Face LLaMA directory, or smollm2-135m")
+    conv.add_argument("dst", help="the output directory (must not hold a checkpoint yet)")
+    conv.set_defaults(func=cmd_convert)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands owned by other modules (training, benchmarks, planning), if present."""
+    import importlib
+    for module_name in ("train.cli", "pass_jax.bench", "pass_jax.plan", "pass_jax.humaneval"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        yield module.register
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host runs (TPU pods, PASS_JAX_DISTRIBUTED=1) join JAX's multi-controller runtime."""
+    if os.environ.get("PASS_JAX_DISTRIBUTED") == "1":
+        import jax
+        jax.distributed.initialize()
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        maybe_initialize_distributed()
+        return args.func(args)
+    except PassJaxError as err:
+        print(f"pass-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

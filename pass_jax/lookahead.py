@@ -1,0 +1,102 @@
+"""The look-ahead parameters: L learned vectors [L, d_emb], a pytree of their own.
+
+They are the only trainable parameters of PaSS. Stored as an Orbax checkpoint (a directory) or a
+`.npz` file with one `lookahead` array; trained vectors for the bundled model ship in
+`pass_jax/lookahead_weights/`.
+"""
+from __future__ import annotations
+
+from .errors import PassJaxError
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import LlamaConfig
+
+LOOKAHEAD_AXES = ("lookahead", "embed")
+BUNDLED_DIR = Path(__file__).resolve().parent / "lookahead_weights"
+MAX_BUNDLED_L = 8
+
+
+class LookaheadError(PassJaxError):
+    """Look-ahead vectors that cannot be used with this model."""
+
+
+def init_untrained(params, num_lookahead: int, key, noise: float = 0.01) -> jax.Array:
+    """Mean token embedding plus small noise: the 'untrained' baseline of the paper's comparison."""
+    embedding = params["embedding"]
+    mean = jnp.mean(embedding.astype(jnp.float32), axis=0)
+    scale = noise * jnp.std(embedding.astype(jnp.float32))
+    return (mean[None] + scale * jax.random.normal(key, (num_lookahead, embedding.shape[1]))).astype(embedding.dtype)
+
+
+def init_random(config: LlamaConfig, num_lookahead: int, key, scale: float = 0.02) -> jax.Array:
+    return scale * jax.random.normal(key, (num_lookahead, config.hidden_size), config.jnp_param_dtype)
+
+
+def check(vectors, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead vectors"):
+    if vectors.ndim != 2 or vectors.shape[1] != config.hidden_size:
+        raise LookaheadError(f"{where} have shape {tuple(vectors.shape)}, but this model needs "
+                             f"[L, {config.hidden_size}] (d_emb = {config.hidden_size})")
+    if num_lookahead is not None and num_lookahead > vectors.shape[0]:
+        raise LookaheadError(f"{where} hold {vectors.shape[0]} look-ahead steps; {num_lookahead} were asked for")
+    return vectors
+
+
+def save(path: str | Path, vectors, metadata: dict | None = None) -> None:
+    """`.npz` for a small portable file, otherwise an Orbax checkpoint directory."""
+    path = Path(path).absolute()
+    if path.suffix == ".npz":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, lookahead=np.asarray(jax.device_get(vectors), np.float32))
+        if metadata is not None:
+            path.with_suffix(".json").write_text(json.dumps(metadata, indent=1))
+        return
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path / "lookahead", {"lookahead": vectors}, force=True)
+    if metadata is not None and jax.process_index() == 0:
+        (path / "metadata.json").write_text(json.dumps(metadata, indent=1))
+
+
+def load(path: str | Path, config: LlamaConfig) -> jax.Array:
+    path = Path(path)
+    if not path.exists():
+        raise LookaheadError(f"look-ahead checkpoint {path} not found")
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            if "lookahead" not in data:
+                raise LookaheadError(f"{path} has no 'lookahead' array (found {list(data)})")
+            vectors = data["lookahead"]
+    else:
+        import orbax.checkpoint as ocp
+        item = path / "lookahead" if (path / "lookahead").exists() else path
+        with ocp.StandardCheckpointer() as ckpt:
+            vectors = np.asarray(ckpt.restore(item)["lookahead"])
+    return jnp.asarray(check(vectors, config, where=str(path)), config.jnp_param_dtype)
+
+
+def bundled_path(domain: str = "text") -> Path:
+    return BUNDLED_DIR / f"smollm2-135m-{domain}.npz"
+
+
+def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, model_source: str = "",
+            key=None) -> tuple[jax.Array, str]:
+    """`--lookahead {default,none,PATH}` -> (vectors [L', d_emb], a description).
+
+    'default' uses the shipped trained vectors when the model is the bundled SmolLM2 and falls back
+    to untrained ones otherwise; 'none' means the untrained initialisation.
+    """
+    key = jax.random.key(0) if key is None else key
+    spec = spec or "default"
+    if spec == "default" and "SmolLM2-135M" in model_source and bundled_path().is_file():
+        vectors = load(bundled_path(), config)
+        return check(vectors, config, num_lookahead, str(bundled_path()))[:num_lookahead], f"trained ({bundled_path().name})"
+    if spec in ("default", "none"):
+        return init_untrained(params, num_lookahead, key), "untrained (mean embedding + noise)"
+    vectors = load(spec, config)
+    return check(vectors, config, num_lookahead, spec)[:num_lookahead], f"trained ({spec})"
