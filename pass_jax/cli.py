@@ -58,11 +58,16 @@ def sampling_from_args(args):
 
 
 def cmd_generate(args) -> int:
+    from .decoding import check_settings
     from .generate import Generator
     from .loading import load_model
 
+    # Reject bad settings before spending seconds on loading the model.
     prompts = _read_prompts(args)
     sampling = sampling_from_args(args)
+    check_settings(args.mode, args.num_lookahead, args.max_new_tokens)
+    if args.batch_size < 1:
+        raise PassJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
     _log(f"loading {args.model} ...")
     model = load_model(args.model)
     generator = Generator(model, mode=args.mode, num_lookahead=args.num_lookahead, lookahead=args.lookahead,

@@ -30,6 +30,16 @@ class DecodeError(PassJaxError):
     """Decoding settings that cannot run."""
 
 
+def check_settings(mode: str, num_lookahead: int, max_new_tokens: int) -> None:
+    """Validate user-facing decode settings (also called by the CLI before loading a model)."""
+    if mode not in MODES:
+        raise DecodeError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "pass" and num_lookahead < 1:
+        raise DecodeError(f"PaSS needs at least one look-ahead step (--num-lookahead >= 1), got {num_lookahead}")
+    if max_new_tokens < 1:
+        raise DecodeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
     """Everything static about a decode: changing it recompiles, changing prompts does not."""
@@ -43,12 +53,7 @@ class DecodeSpec:
     cache_sharding: Any = None  # NamedSharding for each cache array, or None
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise DecodeError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "pass" and self.num_lookahead < 1:
-            raise DecodeError(f"PaSS needs at least one look-ahead step (num_lookahead >= 1), got {self.num_lookahead}")
-        if self.max_new_tokens < 1:
-            raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_settings(self.mode, self.num_lookahead, self.max_new_tokens)
 
     @property
     def width(self) -> int:
