@@ -41,6 +41,8 @@ def _read_prompts(args) -> list[str]:
             prompts.append(record["prompt"])
     if not prompts:
         raise PassJaxError("no prompt: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    if any(not p.strip() for p in prompts):
+        raise PassJaxError("empty prompt: every prompt needs some text to continue")
     return prompts
 
 
