@@ -142,6 +142,8 @@ def hf_to_config(hf, **overrides) -> LlamaConfig:
                         "checkpoints (model_type 'llama')")
     if getattr(hf, "hidden_act", "silu") != "silu":
         raise LoadError(f"unsupported activation {hf.hidden_act!r}: LLaMA uses silu")
+    if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
+        raise LoadError("unsupported attention_bias/mlp_bias: pass-jax's LLaMA has no bias terms")
     rope = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
     theta = rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
     rope_type = rope.get("rope_type", rope.get("type", "default"))
