@@ -1,0 +1,363 @@
+"""`pass-jax plan`: per-device memory of a run on a mesh, computed without any device.
+
+Parameter and KV-cache bytes are exact: every array's per-device shard shape comes from the same
+`NamedSharding`s the run uses (`sharding.param_shardings` rules, `sharding.cache_sharding`), built
+on a `jax.sharding.AbstractMesh` of the requested shape, so a 2x4 mesh can be planned on a laptop.
+Activation bytes are an estimate (see `activation_bytes`).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AbstractMesh, NamedSharding
+
+from .config import ConfigError, LlamaConfig, load_preset
+from .errors import PassJaxError
+from .sharding import MESH_AXES, cache_sharding, named_sharding, parse_mesh_shape
+
+GiB = 1024 ** 3
+USABLE = 0.9  # leave ~10% of device memory for the runtime, fragmentation and XLA scratch
+DEVICES: tuple[tuple[str, int], ...] = (  # memory per chip / GPU
+    ("TPU v4", 32 * GiB),
+    ("TPU v5e", 16 * GiB),
+    ("A100-40GB", 40 * GiB),
+    ("A100-80GB", 80 * GiB),
+    ("H100-80GB", 80 * GiB),
+)
+LOOKAHEAD_TRAIN_DTYPE = np.dtype(np.float32)  # train.loop keeps the vectors in float32
+
+RULE_HELP = """\
+The recommended mesh: among all factorisations of the device count into data x fsdp x tensor
+whose data-parallel part (data x fsdp) divides the batch, the one with the most data
+parallelism (largest data, then fewest fsdp: fsdp all-gathers weights on every call, tensor
+parallelism does not) whose per-device total fits the smallest device budget in the table that
+any factorisation fits (TPU v5e first: 90% of 16 GiB). Parameter and KV-cache bytes are exact
+(the real shardings on an abstract mesh); activations are an estimate."""
+
+
+class PlanError(PassJaxError):
+    """Settings that cannot be planned."""
+
+
+# --- meshes ----------------------------------------------------------------------------------------
+
+def mesh_shape(text: str | Sequence[int] | dict) -> dict[str, int]:
+    """'2x4' -> {'data': 2, 'fsdp': 1, 'tensor': 4}; the device count is the product of the sizes."""
+    if isinstance(text, dict):
+        unknown = set(text) - set(MESH_AXES)
+        if unknown:
+            raise ConfigError(f"unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}")
+        return {axis: int(text.get(axis, 1)) for axis in MESH_AXES}
+    if isinstance(text, str):
+        try:
+            sizes = [int(s) for s in text.lower().split("x")]
+        except ValueError:
+            sizes = None  # parse_mesh_shape words the error
+    else:
+        sizes = list(text)
+    return parse_mesh_shape(text, num_devices=max(math.prod(sizes), 1) if sizes else 1)
+
+
+def mesh_text(shape: dict[str, int]) -> str:
+    """{'data': 2, 'fsdp': 1, 'tensor': 4} -> '2x4' (DATAxFSDPxTENSOR when fsdp > 1)."""
+    if shape["fsdp"] > 1:
+        return f"{shape['data']}x{shape['fsdp']}x{shape['tensor']}"
+    return f"{shape['data']}x{shape['tensor']}"
+
+
+def abstract_mesh(shape: dict[str, int]) -> AbstractMesh:
+    return AbstractMesh(tuple(shape[axis] for axis in MESH_AXES), MESH_AXES)
+
+
+def factorisations(num_devices: int) -> list[dict[str, int]]:
+    out = []
+    for data in range(1, num_devices + 1):
+        if num_devices % data:
+            continue
+        rest = num_devices // data
+        for fsdp in range(1, rest + 1):
+            if rest % fsdp == 0:
+                out.append({"data": data, "fsdp": fsdp, "tensor": rest // fsdp})
+    return out
+
+
+# --- the model's arrays ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _model_tree(config: LlamaConfig):
+    """(flat [(path, ShapeDtypeStruct, logical axes)]) from one abstract init: no memory, no device."""
+    import flax.linen as nn
+    from .model import Llama
+
+    tokens = np.zeros((1, 1), np.int32)
+    abstract = jax.eval_shape(lambda: Llama(config).init(jax.random.key(0), tokens, tokens, np.ones((1, 1, 1), bool)))
+    shapes = nn.unbox(abstract["params"])
+    logical = nn.get_partition_spec(abstract)["params"]
+    flat_shapes = jax.tree_util.tree_leaves_with_path(shapes)
+    flat_logical = jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    return tuple((jax.tree_util.keystr(path), s, tuple(spec)) for (path, s), spec in zip(flat_shapes, flat_logical))
+
+
+def _nbytes(shape, dtype) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def param_shards(config: LlamaConfig, mesh) -> dict[str, dict[str, Any]]:
+    """Per parameter: global shape, per-device shard shape, spec and per-device bytes."""
+    out = {}
+    for path, s, logical in _model_tree(config):
+        sharding = named_sharding(logical, s.shape, mesh)
+        shard = sharding.shard_shape(s.shape)
+        out[path] = {"shape": tuple(s.shape), "shard_shape": tuple(shard), "spec": str(sharding.spec),
+                     "bytes": _nbytes(shard, s.dtype)}
+    return out
+
+
+def cache_length(max_len: int, num_lookahead: int) -> int:
+    """The KV buffer decoding allocates for prompt + new tokens = max_len (`DecodeSpec.buffer_length`):
+    plus one call's width (L+1 for PaSS, 1 for plain decoding) and one slot of overshoot."""
+    return max_len + (num_lookahead + 1 if num_lookahead else 1) + 1
+
+
+# --- the estimate ----------------------------------------------------------------------------------
+
+def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, num_lookahead: int,
+                     train: bool, anchors: int) -> tuple[int, dict[str, Any]]:
+    """An ESTIMATE of the activation memory per device (XLA's real peak depends on its fusion
+    and buffer reuse; on accelerators it is usually at or below this).
+
+    Per device, with b = batch rows on this device, heads/intermediate/vocab divided by the tensor
+    axis where the weights are split, dt the compute dtype:
+      generation (worst call: the prefill of T = max_len tokens against S cache slots):
+        2 b T hidden dt (residual stream) + max(attention, MLP) of one layer
+        attention = b T (q + 2 kv heads) head_dim dt + b heads T S (4 + dt) (f32 scores, probabilities)
+        MLP = 3 b T intermediate dt; plus logits b (L+1) vocab float32 (decode calls).
+      training (one forward + backward of the many-anchor input, W = max_len + anchors * L):
+        every layer's saved activations (residual, q/k/v, probabilities, 3 MLP tensors) for the
+        backward pass, one layer's float32 scores, the bool [b, W, W] mask, and 3 copies of the
+        float32 logits b W vocab (logits, log-softmax, their gradient).
+    """
+    c = config
+    dt = np.dtype(c.dtype).itemsize
+    b = named_sharding(("batch",), (batch,), mesh).shard_shape((batch,))[0]
+    tensor_split = lambda dim, logical: named_sharding((logical,), (dim,), mesh).shard_shape((dim,))[0]  # noqa: E731
+    hq = tensor_split(c.num_heads * c.head_dim, "q_heads") // c.head_dim
+    hkv = tensor_split(c.num_kv_heads * c.head_dim, "kv_heads") // c.head_dim
+    inter = tensor_split(c.intermediate_size, "mlp")
+    vocab = tensor_split(c.vocab_size, "vocab")
+    d, hd = c.hidden_size, c.head_dim
+    if train:
+        t = s = max_len + anchors * num_lookahead
+    else:
+        t, s = max_len, cache_length(max_len, num_lookahead)
+    residual = 2 * b * t * d * dt
+    qkv = b * t * (hq + 2 * hkv) * hd * dt
+    scores = b * hq * t * s * 4
+    probs = b * hq * t * s * dt
+    mlp = 3 * b * t * inter * dt
+    if train:
+        saved = c.num_layers * (residual + qkv + probs + mlp)
+        logits = 3 * b * t * vocab * 4
+        total = saved + scores + b * t * s + logits
+        parts = {"saved_for_backward": saved, "attention_scores": scores, "mask": b * t * s, "logits": logits}
+    else:
+        logits = b * (num_lookahead + 1) * vocab * 4
+        layer = residual + max(qkv + scores + probs, mlp)
+        total = layer + logits
+        parts = {"one_layer": layer, "logits": logits}
+    return total, {"rows_per_device": b, "tokens": t, "keys": s, **parts}
+
+
+# --- the plan --------------------------------------------------------------------------------------
+
+def _config(config: LlamaConfig | str, dtype: str | None) -> LlamaConfig:
+    config = load_preset(config) if isinstance(config, str) else config
+    if dtype is not None:
+        config = config.replace(dtype=dtype, param_dtype=dtype)
+    return config
+
+
+def _fits(total: int) -> dict[str, dict[str, Any]]:
+    return {name: {"memory_bytes": memory, "usable_bytes": int(memory * USABLE), "fits": total <= memory * USABLE,
+                   "fraction_of_usable": total / (memory * USABLE)} for name, memory in DEVICES}
+
+
+def _one(config: LlamaConfig, shape: dict[str, int], batch: int, max_len: int, num_lookahead: int,
+         train: bool, anchors: int, detail: bool) -> dict[str, Any]:
+    mesh = abstract_mesh(shape)
+    shards = param_shards(config, mesh)
+    params = sum(p["bytes"] for p in shards.values())
+    dim = config.hidden_size
+    if train:
+        cache, length, cache_spec = 0, 0, None
+        lookahead = _nbytes((num_lookahead, dim), LOOKAHEAD_TRAIN_DTYPE)
+        optimizer = 3 * lookahead  # AdamW mu and nu, and the gradient, for the look-ahead vectors only
+    else:
+        length = cache_length(max_len, num_lookahead)
+        sharding: NamedSharding = cache_sharding(config, mesh, batch, length)
+        global_shape = (batch, length, config.num_kv_heads, config.head_dim)
+        cache = 2 * config.num_layers * _nbytes(sharding.shard_shape(global_shape), config.dtype)
+        cache_spec = str(sharding.spec)
+        lookahead = _nbytes((num_lookahead, dim), config.param_dtype)
+        optimizer = 0
+    activations, activation_detail = activation_bytes(config, mesh, batch, max_len, num_lookahead, train, anchors)
+    total = params + cache + lookahead + optimizer + activations
+    out = {
+        "mesh": mesh_text(shape), "mesh_shape": dict(shape), "num_devices": math.prod(shape.values()),
+        "per_device": {"params": params, "kv_cache": cache, "lookahead": lookahead, "optimizer": optimizer,
+                       "activations_estimate": activations, "total": total},
+        "cache_length": length, "cache_spec": cache_spec, "activation_detail": activation_detail,
+        "fits": _fits(total),
+    }
+    if detail:
+        out["param_shards"] = shards
+    return out
+
+
+def plan(config: LlamaConfig | str, mesh_shape_: str | Sequence[int] | dict | None, batch: int, max_len: int,
+         num_lookahead: int = 8, dtype: str | None = None, train: bool = False, anchors: int = 32,
+         num_devices: int | None = None, recommend: bool = True) -> dict[str, Any]:
+    """Per-device memory of generation (or, with train=True, look-ahead training) on a mesh.
+
+    config: a LlamaConfig or a preset name; mesh_shape_: '2x4' (data x tensor), '2x2x2'
+    (data x fsdp x tensor), a tuple or a dict, or None to plan the recommended mesh of
+    `num_devices`; max_len: prompt + new tokens (generation) or the sequence length (training);
+    dtype: overrides the config's compute and parameter dtype. Returns bytes per device, the
+    device table and the recommended mesh (see RULE_HELP). Needs no devices.
+    """
+    if batch < 1 or max_len < 1 or num_lookahead < 0 or anchors < 1:
+        raise PlanError("batch, max_len and anchors must be >= 1 and num_lookahead >= 0")
+    if train and num_lookahead < 1:
+        raise PlanError("training needs --num-lookahead >= 1")
+    config = _config(config, dtype)
+    if mesh_shape_ is None and num_devices is None:
+        raise PlanError("give a mesh (e.g. 2x4) or a device count")
+    shape = mesh_shape(mesh_shape_) if mesh_shape_ is not None else None
+    if shape is not None and num_devices is None:
+        num_devices = math.prod(shape.values())
+    args = (batch, max_len, num_lookahead, train, anchors)
+    recommended = recommend_mesh(config, num_devices, *args) if recommend or shape is None else None
+    if shape is None:
+        if recommended is None:
+            raise PlanError(f"no factorisation of {num_devices} devices fits any device in the table")
+        shape = recommended["mesh_shape"]
+    result = _one(config, shape, *args, detail=True)
+    result.update(
+        config={"num_params": config.num_params(), "dtype": config.dtype,
+                "param_dtype": config.param_dtype},
+        batch=batch, max_len=max_len, num_lookahead=num_lookahead, train=train,
+        anchors=anchors if train else None, usable_fraction=USABLE, recommended=recommended)
+    return result
+
+
+def recommend_mesh(config: LlamaConfig, num_devices: int, batch: int, max_len: int, num_lookahead: int,
+                   train: bool, anchors: int) -> dict[str, Any] | None:
+    """See RULE_HELP. None when no factorisation fits even the largest device."""
+    candidates = [s for s in factorisations(num_devices) if batch % (s["data"] * s["fsdp"]) == 0]
+    candidates.sort(key=lambda s: (-s["data"], s["fsdp"]))
+    plans = [_one(config, s, batch, max_len, num_lookahead, train, anchors, detail=False) for s in candidates]
+    for name, memory in sorted(DEVICES, key=lambda d: d[1]):
+        for p in plans:
+            if p["per_device"]["total"] <= memory * USABLE:
+                return {"mesh": p["mesh"], "mesh_shape": p["mesh_shape"], "budget_device": name,
+                        "budget_bytes": int(memory * USABLE), "total_bytes": p["per_device"]["total"],
+                        "smallest_budget": name == min(DEVICES, key=lambda d: d[1])[0]}
+    return None
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def human(n: float) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_plan(p: dict[str, Any], name: str) -> str:
+    dev = p["per_device"]
+    shape = p["mesh_shape"]
+    mode = (f"training the look-ahead vectors (sequence {p['max_len']} + {p['anchors']} anchors x L)" if p["train"]
+            else f"generation (max-len {p['max_len']}, KV buffer {p['cache_length']})")
+    cache_label = ("KV cache (not used in training)" if p["train"]
+                   else f"KV cache ({p['batch']} x {p['cache_length']} slots)")
+    rows = [("parameters (sharded)", dev["params"]), (cache_label, dev["kv_cache"]),
+            ("look-ahead vectors", dev["lookahead"]), ("optimizer (AdamW moments + grads)", dev["optimizer"]),
+            ("activations (ESTIMATE)", dev["activations_estimate"]), ("total", dev["total"])]
+    lines = [
+        f"pass-jax plan: {name} ({p['config']['num_params'] / 1e9:.2f}B parameters, {p['config']['param_dtype']}), "
+        f"mesh {p['mesh']} = data {shape['data']} x fsdp {shape['fsdp']} x tensor {shape['tensor']} "
+        f"({p['num_devices']} devices), batch {p['batch']}, L={p['num_lookahead']}, {mode}",
+        "",
+        f"{'per device':<40}{'bytes':>12}",
+        *(f"  {label:<38}{human(value):>12}" for label, value in rows),
+    ]
+    if not p["train"]:
+        lines.append(f"  (cache spec {p['cache_spec']}, {p['activation_detail']['rows_per_device']} rows per device)")
+    lines += ["", f"fits? (using {int(p['usable_fraction'] * 100)}% of each device's memory)"]
+    for device, row in p["fits"].items():
+        verdict = "yes" if row["fits"] else "NO "
+        lines.append(f"  {device:<10} {human(row['memory_bytes']):>10}   {verdict}  "
+                     f"({100 * row['fraction_of_usable']:.0f}% of usable)")
+    rec = p["recommended"]
+    lines.append("")
+    if rec is None:
+        lines.append(f"recommended mesh for {p['num_devices']} devices: none fits any device in the table")
+    else:
+        note = "" if rec["smallest_budget"] else " (nothing fits the smallest budget)"
+        lines.append(f"recommended mesh for {p['num_devices']} devices: {rec['mesh']} "
+                     f"(data {rec['mesh_shape']['data']} x fsdp {rec['mesh_shape']['fsdp']} x tensor "
+                     f"{rec['mesh_shape']['tensor']}, {human(rec['total_bytes'])} per device): the most data "
+                     f"parallelism that fits {rec['budget_device']}{note}")
+    lines.append("activations are an estimate; parameter and KV-cache bytes are exact (real shardings).")
+    return "\n".join(lines)
+
+
+def cmd_plan(args) -> int:
+    if args.mesh is None and args.devices is None:
+        raise PlanError("give --mesh (e.g. 2x4) or --devices N")
+    if args.mesh is not None and args.devices is not None:
+        count = math.prod(mesh_shape(args.mesh).values())
+        if count != args.devices:
+            raise PlanError(f"--mesh {args.mesh} has {count} devices but --devices is {args.devices}")
+    result = plan(args.config, args.mesh, args.batch, args.max_len, num_lookahead=args.num_lookahead,
+                  dtype=args.dtype, train=args.train, anchors=args.anchors, num_devices=args.devices)
+    if args.json:
+        result = {k: v for k, v in result.items() if k != "param_shards"}
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_plan(result, args.config))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="per-device memory of a run on a mesh, and the recommended mesh (no devices needed)",
+        description="Per-device memory of generation (or look-ahead training with --train) of a model on a "
+                    "device mesh: sharded parameters, KV cache, look-ahead vectors, optimizer state and an "
+                    "activation estimate, and whether it fits TPU v4/v5e, A100 and H100.",
+        epilog=RULE_HELP + "\n\nexamples:\n  pass-jax plan --config llama1_7b --mesh 2x4 --batch 8 --max-len 2048\n"
+               "  pass-jax plan --config llama1_7b --devices 4 --batch 8 --max-len 512 --train\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a model preset (llama1_7b, llama2_7b, smollm2_135m, tiny) "
+                        "or a model config .json")
+    parser.add_argument("--mesh", help="DATAxTENSOR (e.g. 2x4) or DATAxFSDPxTENSOR (e.g. 2x2x2); "
+                        "default: the recommended mesh of --devices")
+    parser.add_argument("--devices", type=int, help="device count for the recommendation (default: the mesh's)")
+    parser.add_argument("--batch", type=int, required=True, help="global batch (rows)")
+    parser.add_argument("--max-len", type=int, required=True,
+                        help="prompt + new tokens (generation) or the training sequence length (--train)")
+    parser.add_argument("--num-lookahead", "-L", type=int, default=8, help="look-ahead steps L (default 8; 0: plain "
+                        "decoding)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),
+                        help="parameter and compute dtype (default bfloat16)")
+    parser.add_argument("--train", action="store_true", help="plan look-ahead training instead of generation")
+    parser.add_argument("--anchors", type=int, default=32, help="anchors per sequence when training (default 32)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(func=cmd_plan)
