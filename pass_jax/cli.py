@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -157,9 +156,8 @@ def _extra_commands():
 
 def maybe_initialize_distributed() -> None:
     """Multi-host runs (TPU pods, PASS_JAX_DISTRIBUTED=1) join JAX's multi-controller runtime."""
-    if os.environ.get("PASS_JAX_DISTRIBUTED") == "1":
-        import jax
-        jax.distributed.initialize()
+    from .distributed import initialize_from_env
+    initialize_from_env()
 
 
 def main(argv=None) -> int:

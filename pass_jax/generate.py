@@ -15,10 +15,11 @@ from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
 from .decoding import DecodeSpec, decode_jit
+from .distributed import gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
 from .sampling import SamplingConfig
-from .sharding import batch_sharding, cache_sharding
+from .sharding import cache_sharding
 
 MIN_BUCKET = 16
 
@@ -143,17 +144,21 @@ class Generator:
         for row, ids in enumerate(prompt_ids):
             tokens[row, :len(ids)] = ids
         lengths = np.asarray([len(p) for p in prompt_ids], np.int32)
-        tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
-        if self.mesh is not None:
-            tokens = jax.device_put(tokens, batch_sharding(self.mesh, tokens.shape))
-            lengths = jax.device_put(lengths, batch_sharding(self.mesh, lengths.shape))
-        args = (self.model.params, self.lookahead, tokens, lengths, jax.random.key(seed))
+        key, lookahead = jax.random.key(seed), self.lookahead
+        if self.mesh is None:
+            tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+        else:  # every process holds all prompts and feeds its own rows of the data-sharded batch
+            rows = process_local_batch(batch, self.mesh)
+            tokens = global_array_from_local(tokens[rows], self.mesh)
+            lengths = global_array_from_local(lengths[rows], self.mesh)
+            key, lookahead = replicate((key, lookahead), self.mesh)
+        args = (self.model.params, lookahead, tokens, lengths, key)
         executable = self._executable(batch, width, args)
         start = time.perf_counter()
         state = executable(*args)
         jax.block_until_ready(state.tokens)
         wall = time.perf_counter() - start
-        return jax.device_get(state._replace(cache=None)), wall
+        return gather_to_host(state._replace(cache=None)), wall
 
     def generate(self, prompts: Sequence[str], seed: int = 0, progress: bool = False) -> tuple[list[GenerationResult], dict]:
         encoded = [self.encode(p) for p in prompts]

@@ -174,8 +174,10 @@ def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
     if not files:
         raise LoadError(f"{path} has no *.safetensors files (pytorch .bin checkpoints are not supported; "
                         "re-save with safe_serialization=True)")
-    handles = {f: safe_open(f, framework="numpy") for f in files}
-    where = {name: h for h in handles.values() for name in h.keys()}
+    where = {}
+    for file in files:
+        with safe_open(file, framework="numpy") as handle:
+            where.update(dict.fromkeys(handle.keys(), file))
 
     def fetch(path_, shape_dtype, sharding):
         hf_name, kind = _hf_name(config, path_)
@@ -184,19 +186,21 @@ def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
                 hf_name = "model.embed_tokens.weight"  # some untied configs reuse the embedding
             else:
                 raise LoadError(f"{path}: tensor {hf_name!r} is missing from the safetensors files")
-        tensor = where[hf_name].get_slice(hf_name)
-        dtype = tensor.get_dtype()
-        if dtype not in ("F32", "BF16", "F16"):
-            raise LoadError(f"{hf_name}: unsupported dtype {dtype} (supported: F32, BF16, F16)")
-        stored = tuple(tensor.get_shape())
-        expected = tuple(shape_dtype.shape)
-        if (stored[::-1] if kind != "copy" else stored) != expected:
-            raise LoadError(f"{hf_name}: checkpoint shape {stored} does not match the config "
-                            f"(expected {expected[::-1] if kind != 'copy' else expected})")
-        if kind == "copy":
-            return _place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx])
-        # Stored (out, in); ours is (in, out): read the transposed slice only.
-        return _place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx[::-1]].T)
+        # One handle per tensor: a handle kept open keeps every page it touched resident.
+        with safe_open(where[hf_name], framework="numpy") as handle:
+            tensor = handle.get_slice(hf_name)
+            dtype = tensor.get_dtype()
+            if dtype not in ("F32", "BF16", "F16"):
+                raise LoadError(f"{hf_name}: unsupported dtype {dtype} (supported: F32, BF16, F16)")
+            stored = tuple(tensor.get_shape())
+            expected = tuple(shape_dtype.shape)
+            if (stored[::-1] if kind != "copy" else stored) != expected:
+                raise LoadError(f"{hf_name}: checkpoint shape {stored} does not match the config "
+                                f"(expected {expected[::-1] if kind != 'copy' else expected})")
+            if kind == "copy":
+                return _place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx])
+            # Stored (out, in); ours is (in, out): read the transposed slice only.
+            return _place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx[::-1]].T)
 
     params = _build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
