@@ -1,0 +1,582 @@
+"""`pass-jax bench`: PaSS against autoregressive decoding and transformers+torch, in one process.
+
+Every method decodes the same prompts with the same seeds in interleaved rounds (round r runs each
+method once, in an order rotated by r), so slow drifts of a shared machine hit all methods alike.
+Compilation (pass-jax) and warm-up (transformers) happen before the timed calls and are reported
+apart. pass-jax rows reuse `Generator` and `summarize` from `pass_jax.generate` for their
+statistics; transformers rows are optional and skipped, with a note, when torch is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+from tqdm.auto import tqdm
+
+from . import lookahead as lookahead_lib
+from .cli import _read_prompts, add_sampling_args, sampling_from_args
+from .decoding import check_settings
+from .errors import PassJaxError
+from .generate import Generator, summarize
+from .loading import load_model
+from .sampling import PAPER, SamplingConfig
+
+AR = "pass-jax-ar"
+PASS = "pass-jax-pass"
+HF_GREEDY = "transformers-greedy"
+HF_SAMPLE = "transformers-sample"
+HF_LOOKUP = "transformers-prompt-lookup"
+CORPUS_FOR_DOMAIN = {"text": "wiki", "code": "python"}  # train.data sources of the held-out prompts
+PLOT_FILES = ("speedup_vs_lookahead.png", "acceptance_by_position.png", "tokens_per_iteration.png")
+
+EPILOG = """examples:
+  pass-jax bench                                          # text prompts, L = 1,2,4,6,8, 3 rounds
+  pass-jax bench --domain both --json bench.json --plot plots/
+  pass-jax bench --temperature 0 --num-lookahead 4 --rounds 5    # greedy
+  pass-jax bench --prompts prompts.jsonl --no-transformers
+
+tokens/s counts new tokens (EOS included) over decoding wall time; compilation and warm-up are
+excluded and reported separately. peak_host_mb is the process-wide peak so far (it only grows)."""
+
+
+class BenchError(PassJaxError):
+    """Benchmark settings or prompts that cannot run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """Everything a benchmark run needs besides the model and the prompts."""
+
+    num_lookahead: tuple[int, ...] = (1, 2, 4, 6, 8)
+    max_new_tokens: int = 128
+    sampling: SamplingConfig = PAPER  # top-k 10, temperature 0.8, as in the paper
+    batch_size: int = 1
+    rounds: int = 3
+    lookahead: str = "default"
+    seed: int = 0
+    transformers: bool = True
+    prompt_lookup_num_tokens: int = 10
+
+    def __post_init__(self):
+        if not self.num_lookahead:
+            raise BenchError("--num-lookahead needs at least one value")
+        for value in self.num_lookahead:
+            check_settings("pass", value, self.max_new_tokens)
+        if self.rounds < 1:
+            raise BenchError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.batch_size < 1:
+            raise BenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["num_lookahead"] = list(self.num_lookahead)
+        return values
+
+
+def parse_int_list(text: str, option: str) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4), sorted, without repeats, all >= 1."""
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise PassJaxError(f"{option} takes a comma list of integers such as 1,2,4, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise PassJaxError(f"{option} values must be >= 1, got {text!r}")
+    return tuple(values)
+
+
+# --- prompts ------------------------------------------------------------------------------------
+
+def prefix_prompt(tokenizer, text: str, prompt_tokens: int) -> str | None:
+    """The longest prefix of `text` that tokenizes to at most `prompt_tokens` tokens.
+
+    None when the text is shorter than that (prompts should have about the same length) or the
+    prefix is blank. Decoding a cut token list and re-encoding it can merge tokens differently, so
+    shrink until the re-encoded prompt fits: prompts then stay in one length bucket (one compilation).
+    """
+    encode = lambda s: tokenizer(s)["input_ids"]  # noqa: E731 - as `Generator.encode` does
+    ids = encode(text[: 16 * prompt_tokens])  # no token is longer than 16 characters in practice
+    if len(ids) < prompt_tokens:
+        return None
+    for count in range(prompt_tokens, 0, -1):
+        prompt = tokenizer.decode(ids[:count], skip_special_tokens=True)
+        if len(encode(prompt)) <= prompt_tokens:
+            return prompt if prompt.strip() else None
+    return None
+
+
+def corpus_prompts(tokenizer, domain: str, num_prompts: int, prompt_tokens: int) -> list[str]:
+    """Prefixes of held-out test documents of the text (wiki) or code (python) corpus.
+
+    Documents shorter than `prompt_tokens` tokens are skipped (see `prefix_prompt`).
+    """
+    from train import data  # imports tensorflow_datasets: only when the built-in prompts are used
+
+    prompts = []
+    for document in data.load_documents(CORPUS_FOR_DOMAIN[domain], split="test"):
+        prompt = prefix_prompt(tokenizer, document["text"], prompt_tokens)
+        if prompt is not None:
+            prompts.append(prompt)
+        if len(prompts) == num_prompts:
+            return prompts
+    if not prompts:
+        raise BenchError(f"no {domain} test document has {prompt_tokens} tokens; lower --prompt-tokens")
+    _log(f"note: only {len(prompts)} {domain} test documents have {prompt_tokens} tokens; using them all")
+    return prompts
+
+
+def file_prompts(path: str) -> list[str]:
+    """Prompts of a JSONL file, read exactly as `pass-jax generate --prompts` reads them."""
+    return _read_prompts(argparse.Namespace(prompt=None, prompts=path))
+
+
+# --- methods ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RoundResult:
+    wall_s: float
+    new_tokens: int
+    stats: list[dict[str, Any]] | None  # per-prompt `row_stats` (pass-jax only)
+
+
+class PassJaxMethod:
+    """One pass-jax `Generator` (built once, compiled on first use, reused across rounds)."""
+
+    backend = "pass-jax"
+
+    def __init__(self, generator, num_lookahead: int | None):
+        self.generator = generator
+        self.name = PASS if generator.spec.mode == "pass" else AR
+        self.num_lookahead = num_lookahead
+        self.decoding = "greedy" if generator.spec.sampling.greedy else "sample"
+        self.batch_size = generator.batch_size
+        self.lookahead_source = generator.lookahead_source
+
+    @property
+    def compile_s(self) -> float:
+        return self.generator.compile_s  # AOT compilation, kept out of the timed decode by Generator
+
+    def warmup(self, prompts: Sequence[str]) -> None:
+        """Nothing to do: `Generator` compiles before it starts its timer."""
+
+    def run(self, prompts: Sequence[str], seed: int) -> RoundResult:
+        results, summary = self.generator.generate(list(prompts), seed=seed)
+        return RoundResult(summary["wall_s"], summary["new_tokens"], [r.stats for r in results])
+
+
+class TransformersMethod:
+    """`model.generate` of transformers+torch on the same checkpoint (greedy, sampling or prompt lookup)."""
+
+    backend = "transformers"
+    num_lookahead = None
+    lookahead_source = None
+
+    def __init__(self, name: str, hf_model, tokenizer, generation_config, batch_size: int):
+        self.name, self.model, self.tokenizer, self.config = name, hf_model, tokenizer, generation_config
+        self.decoding = "sample" if generation_config.do_sample else "greedy"
+        # transformers' assisted generation (prompt lookup) only supports batch size 1.
+        self.batch_size = 1 if generation_config.prompt_lookup_num_tokens else batch_size
+        self.compile_s = 0.0
+
+    def _generate(self, prompt_ids: list[list[int]], config=None) -> tuple[float, int]:
+        import torch
+
+        config = config or self.config
+        pad = self.config.pad_token_id
+        width = max(len(ids) for ids in prompt_ids)
+        # Left padding: decoder-only generation continues from the last column.
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        wall = time.perf_counter() - start
+        return wall, sum(count_new_tokens(row[width:].tolist(), config.eos_token_id) for row in out)
+
+    def _batches(self, prompts: Sequence[str]):
+        encoded = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
+        return [encoded[i:i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
+
+    def warmup(self, prompts: Sequence[str]) -> None:
+        """A 2-token generation first: torch's one-time costs would otherwise land in round 0."""
+        config = copy.deepcopy(self.config)
+        config.max_new_tokens = 2
+        self.compile_s += self._generate(self._batches(prompts[:1])[0], config)[0]
+
+    def run(self, prompts: Sequence[str], seed: int) -> RoundResult:
+        import torch
+
+        torch.manual_seed(seed)
+        walls, counts = zip(*(self._generate(batch) for batch in self._batches(prompts)))
+        return RoundResult(sum(walls), sum(counts), None)
+
+
+def count_new_tokens(generated: Sequence[int], eos_id: int | None) -> int:
+    """New tokens up to and including the first EOS (transformers pads finished rows after it)."""
+    if eos_id is not None and eos_id in generated:
+        return generated.index(eos_id) + 1
+    return len(generated)
+
+
+def transformers_unavailable_reason() -> str | None:
+    """Why the transformers+torch rows cannot run, or None when they can (the `bench` extra)."""
+    for module in ("torch", "transformers"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install 'pass-jax[bench]')"
+    return None
+
+
+def load_transformers_model(source: str):
+    """The pass-jax model's checkpoint in transformers+torch (float32), or a BenchError why not."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        where, extra = path.parent, {"gguf_file": path.name}  # needs `accelerate`
+    elif (path / "config.json").is_file():
+        where, extra = path, {}
+    else:
+        raise BenchError(f"transformers cannot load {source!r} (only a .gguf file or a Hugging Face directory)")
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+    except ImportError as err:
+        raise BenchError(f"transformers could not load {path.name}: {err}") from None
+    return model.eval()
+
+
+def transformers_methods(model, settings: BenchSettings) -> list[TransformersMethod]:
+    """Greedy, sampling (unless the bench is greedy) and prompt lookup on the same checkpoint."""
+    import transformers
+
+    hf_model = load_transformers_model(model.source)
+    eos = model.tokenizer.eos_token_id
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else (eos or 0)
+    base = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+    greedy = dict(do_sample=False)
+    sampling = settings.sampling
+    # top_k=0 disables transformers' top-k (None would fall back to its default of 50).
+    sample = dict(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k or 0, top_p=sampling.top_p)
+    decoding = greedy if sampling.greedy else sample
+    configs = [(HF_GREEDY, greedy)]
+    if not sampling.greedy:
+        configs.append((HF_SAMPLE, sample))
+    configs.append((HF_LOOKUP, {**decoding, "prompt_lookup_num_tokens": settings.prompt_lookup_num_tokens}))
+    return [TransformersMethod(name, hf_model, model.tokenizer, transformers.GenerationConfig(**base, **extra),
+                               settings.batch_size) for name, extra in configs]
+
+
+def domain_lookahead(spec: str, domain: str, model) -> str:
+    """`--lookahead default` picks the shipped vectors trained on the prompts' domain (code or text)."""
+    if spec == "default" and domain == "code" and "SmolLM2-135M" in model.source:
+        path = lookahead_lib.bundled_path("code")
+        if path.is_file():
+            return str(path)
+    return spec
+
+
+def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str]) -> dict[str, list[PassJaxMethod]]:
+    """AR plus PaSS for each L, per domain; generators with the same vectors are shared across domains."""
+    common = dict(max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
+                  batch_size=settings.batch_size)
+    ar = PassJaxMethod(Generator(model, mode="ar", **common), None)
+    cache: dict[tuple[int, str], PassJaxMethod] = {}
+    methods = {}
+    for domain in domains:
+        spec = domain_lookahead(settings.lookahead, domain, model)
+        for value in settings.num_lookahead:
+            if (value, spec) not in cache:
+                generator = Generator(model, mode="pass", num_lookahead=value, lookahead=spec, **common)
+                cache[value, spec] = PassJaxMethod(generator, value)
+        methods[domain] = [ar] + [cache[value, spec] for value in settings.num_lookahead]
+    return methods
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+def peak_host_mb() -> float | None:
+    """Peak resident memory of this whole process so far, in MiB."""
+    try:
+        import resource
+    except ImportError:  # Windows: psutil's current RSS is the best available
+        try:
+            import psutil
+        except ImportError:
+            return None
+        return psutil.Process().memory_info().rss / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def peak_device_mb() -> float | None:
+    """Peak memory of the first accelerator, when its runtime reports one (CPU reports nothing)."""
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+def machine_info() -> dict[str, Any]:
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            **{name: version(name) for name in ("jax", "jaxlib", "flax", "transformers", "torch")},
+            "backend": jax.default_backend(), "device_kind": device.device_kind, "device_count": jax.device_count()}
+
+
+def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: float | None,
+                     device_mb: float | None, num_prompts: int) -> dict[str, Any]:
+    """One JSON row: speeds over rounds plus, for pass-jax, the decode statistics of all rounds."""
+    speeds = [r.new_tokens / r.wall_s if r.wall_s > 0 else 0.0 for r in results]
+    row = {"domain": domain, "method": method.name, "backend": method.backend, "decoding": method.decoding,
+           "num_lookahead": method.num_lookahead, "lookahead_source": method.lookahead_source,
+           "batch_size": method.batch_size, "prompts": num_prompts, "rounds": len(results),
+           "new_tokens": sum(r.new_tokens for r in results), "wall_s": sum(r.wall_s for r in results),
+           "tokens_per_s": statistics.median(speeds), "tokens_per_s_min": min(speeds),
+           "tokens_per_s_max": max(speeds), "tokens_per_s_rounds": speeds,
+           "ratio_vs_ar": None, "ratio_vs_transformers_greedy": None,
+           "tokens_per_call": None, "calls_per_token": None, "mean_accepted": None,
+           "position_acceptance": None, "tokens_per_iteration_hist": None,
+           "compile_s": method.compile_s, "peak_host_mb": peak_mb, "peak_device_mb": device_mb}
+    if results[0].stats is None:
+        return row
+    stats = [s for r in results for s in r.stats]
+    summary = summarize(stats, row["wall_s"], method.compile_s)
+    calls = summary["model_calls"]
+    if method.num_lookahead is None:  # AR: one token per call; the prefill is no loop iteration
+        hist = {"1": calls - len(stats)}
+    else:  # an iteration with A accepted drafts commits A + 2 tokens (fewer when cut by EOS/budget)
+        hist = {str(accepted + 2): int(count) for accepted, count in enumerate(summary["accepted_hist"])}
+    row.update(tokens_per_call=summary["tokens_per_call"], calls_per_token=calls / max(summary["new_tokens"], 1),
+               mean_accepted=summary["mean_accepted"], position_acceptance=summary["position_acceptance"],
+               tokens_per_iteration_hist=hist)
+    return row
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Speed ratios against pass-jax AR and transformers greedy of the same domain (None when absent)."""
+    for row in rows:
+        for key, reference in (("ratio_vs_ar", AR), ("ratio_vs_transformers_greedy", HF_GREEDY)):
+            base = next((r for r in rows if r["domain"] == row["domain"] and r["method"] == reference), None)
+            if base is not None and base["tokens_per_s"] > 0:
+                row[key] = row["tokens_per_s"] / base["tokens_per_s"]
+
+
+def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark every method on `prompts` ({domain: [prompt, ...]}) with an already-loaded model.
+
+    Returns the report: {"machine", "settings", "notes", "runs"}. Transformers rows are skipped
+    with a note when torch is missing, `settings.transformers` is off, or the checkpoint is not
+    one transformers can read.
+    """
+    log = log or _log
+    notes = []
+    by_domain = pass_jax_methods(model, settings, list(prompts))
+    if settings.transformers:
+        reason = transformers_unavailable_reason()
+        if reason is None:
+            try:
+                hf = transformers_methods(model, settings)
+            except BenchError as err:
+                reason = str(err)
+            else:
+                by_domain = {domain: methods + hf for domain, methods in by_domain.items()}
+        if reason is not None:
+            notes.append(f"transformers+torch rows skipped: {reason}")
+            log("note: " + notes[-1])
+    units = [(domain, method) for domain, methods in by_domain.items() for method in methods]
+    for domain, method in units:
+        method.warmup(prompts[domain])
+    results: dict[int, list[RoundResult]] = {i: [] for i in range(len(units))}
+    peaks: dict[int, float | None] = {}
+    bar = tqdm(total=settings.rounds * len(units), desc="bench", unit="run", disable=not progress)
+    for round_index in range(settings.rounds):
+        shift = round_index % len(units)
+        for i in [*range(shift, len(units)), *range(shift)]:  # rotated order
+            domain, method = units[i]
+            bar.set_postfix_str(f"round {round_index + 1}: {domain} {method.name} L={method.num_lookahead}")
+            results[i].append(method.run(prompts[domain], seed=settings.seed + 1000 * round_index))
+            peaks[i] = peak_host_mb()
+            bar.update()
+    bar.close()
+    device_mb = peak_device_mb()
+    rows = [summarize_method(method, domain, results[i], peaks[i], device_mb, len(prompts[domain]))
+            for i, (domain, method) in enumerate(units)]
+    add_ratios(rows)
+    notes.append("peak_host_mb is the process-wide peak resident memory when the row's last run ended "
+                 "(it only grows); peak_device_mb is the device peak over the whole bench")
+    return {"machine": machine_info(),
+            "settings": {**settings.to_json(), "domains": {d: len(p) for d, p in prompts.items()},
+                         "model": model.source, "torch_threads": os.cpu_count()},
+            "notes": notes, "runs": rows}
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def _fmt(value, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = ("| domain | method | L | tok/s median [min, max] | × ar | × HF greedy | tok/call | "
+              "mean accepted | compile/warm-up s | peak host MB |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['domain']} | {r['method']} | {r['num_lookahead'] if r['num_lookahead'] is not None else '–'} | "
+            f"{r['tokens_per_s']:.1f} [{r['tokens_per_s_min']:.1f}, {r['tokens_per_s_max']:.1f}] | "
+            f"{_fmt(r['ratio_vs_ar'])} | {_fmt(r['ratio_vs_transformers_greedy'])} | {_fmt(r['tokens_per_call'])} | "
+            f"{_fmt(r['mean_accepted'])} | {_fmt(r['compile_s'], 1)} | {_fmt(r['peak_host_mb'], 0)} |")
+    return "\n".join(lines)
+
+
+def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """PNG figures: speed-up vs L (one line per domain), acceptance per position, tokens per iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in report["runs"] if r["method"] == PASS]
+    domains = list(dict.fromkeys(r["domain"] for r in rows))
+    paths = [out_dir / name for name in PLOT_FILES]
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for domain in domains:
+        mine = [r for r in rows if r["domain"] == domain]
+        ax.plot([r["num_lookahead"] for r in mine], [r["ratio_vs_ar"] or 0.0 for r in mine], "o-", label=domain)
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="autoregressive")
+    ax.set(xlabel="look-ahead steps L", ylabel="speed-up over autoregressive (tokens/s)",
+           title="PaSS speed-up")
+    ax.legend()
+    _save(fig, paths[0])
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in rows:
+        positions = range(1, len(r["position_acceptance"]) + 1)
+        ax.plot(positions, r["position_acceptance"], "o-", label=f"{r['domain']} L={r['num_lookahead']}")
+    ax.set(xlabel="look-ahead position i", ylabel="acceptance rate", ylim=(0, 1), title="Draft acceptance")
+    ax.legend(fontsize="small")
+    _save(fig, paths[1])
+
+    fig, axes = plt.subplots(1, max(len(domains), 1), figsize=(5 * max(len(domains), 1), 3.5), squeeze=False)
+    for ax, domain in zip(axes[0], domains):
+        mine = [r for r in rows if r["domain"] == domain]
+        width = 0.8 / len(mine)
+        for k, r in enumerate(mine):
+            hist = r["tokens_per_iteration_hist"]
+            total = sum(hist.values()) or 1
+            ax.bar([int(t) + (k - (len(mine) - 1) / 2) * width for t in hist], [c / total for c in hist.values()],
+                   width=width, label=f"L={r['num_lookahead']}")
+        ax.set(xlabel="tokens committed per iteration (2 calls)", ylabel="fraction of iterations", title=domain)
+        ax.legend(fontsize="small")
+    _save(fig, paths[2])
+    return paths
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def settings_from_args(args) -> BenchSettings:
+    return BenchSettings(num_lookahead=parse_int_list(args.num_lookahead, "--num-lookahead"),
+                         max_new_tokens=args.max_new_tokens,
+                         sampling=sampling_from_args(args), batch_size=args.batch_size, rounds=args.rounds,
+                         lookahead=args.lookahead, seed=args.seed, transformers=not args.no_transformers)
+
+
+def cmd_bench(args) -> int:
+    # Reject bad settings before spending seconds on loading the model.
+    settings = settings_from_args(args)
+    if args.num_prompts < 1 or args.prompt_tokens < 1:
+        raise BenchError("--num-prompts and --prompt-tokens must be >= 1")
+    prompts = {"custom": file_prompts(args.prompts)} if args.prompts else None
+    _log(f"loading {args.model} ...")
+    model = load_model(args.model)
+    if prompts is None:
+        domains = ("text", "code") if args.domain == "both" else (args.domain,)
+        prompts = {d: corpus_prompts(model.tokenizer, d, args.num_prompts, args.prompt_tokens) for d in domains}
+    report = run_bench(model, prompts, settings, progress=True)
+    report["settings"]["prompt_source"] = (args.prompts or
+                                           f"held-out test documents, {args.prompt_tokens}-token prefixes")
+    print(markdown_table(report["runs"]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        _log(f"wrote {args.json}")
+    if args.plot:
+        for path in write_plots(report, args.plot):
+            _log(f"wrote {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the `bench` subcommand to the `pass-jax` parser."""
+    parser = subparsers.add_parser(
+        "bench", help="benchmark PaSS against autoregressive decoding and transformers+torch",
+        description="Time pass-jax AR, pass-jax PaSS for each L and transformers+torch generate (greedy, "
+                    "sampling, prompt lookup) on the same prompts, in interleaved rounds.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("prompts")
+    source.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} object per line '
+                        "(default: prefixes of held-out test documents)")
+    source.add_argument("--domain", choices=("text", "code", "both"), default="text",
+                        help="built-in prompts: wiki text, Python code or both (default text; "
+                        "ignored with --prompts)")
+    source.add_argument("--num-prompts", type=int, default=8, help="built-in prompts per domain (default 8)")
+    source.add_argument("--prompt-tokens", type=int, default=64, help="tokens per built-in prompt (default 64)")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="smollm2-135m (bundled, default), a .gguf file, a Hugging Face LLaMA directory, "
+                             "or a directory from `pass-jax convert` (no transformers rows for that one)")
+    parser.add_argument("--lookahead", default="default", metavar="{default,none,PATH}",
+                        help="look-ahead vectors: default (the shipped ones for the prompts' domain), none "
+                             "(untrained), or a .npz / Orbax path")
+    parser.add_argument("--num-lookahead", "-L", default="1,2,4,6,8", metavar="L1,L2,...",
+                        help="PaSS look-ahead steps to compare (default 1,2,4,6,8)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
+    add_sampling_args(parser)
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1; "
+                        "transformers prompt lookup always uses 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of every method (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of round 0 (default 0)")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers+torch rows")
+    parser.add_argument("--json", metavar="OUT.json", help="write the full report as JSON")
+    parser.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
+    parser.set_defaults(func=cmd_bench)

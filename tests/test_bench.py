@@ -1,0 +1,140 @@
+"""`pass-jax bench` end to end on a tiny random LLaMA (pass-jax and transformers load the same dir)."""
+import json
+import math
+
+import pytest
+
+from pass_jax import bench
+from pass_jax.bench import AR, HF_GREEDY, HF_LOOKUP, HF_SAMPLE, PASS, BenchSettings
+from pass_jax.cli import main
+from pass_jax.sampling import SamplingConfig
+
+ROW_KEYS = {"domain", "method", "backend", "decoding", "num_lookahead", "lookahead_source", "batch_size", "prompts",
+            "rounds", "new_tokens", "wall_s", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
+            "tokens_per_s_rounds", "ratio_vs_ar", "ratio_vs_transformers_greedy", "tokens_per_call",
+            "calls_per_token", "mean_accepted", "position_acceptance", "tokens_per_iteration_hist", "compile_s",
+            "peak_host_mb", "peak_device_mb"}
+MACHINE_KEYS = {"cpu", "cores", "jax", "jaxlib", "transformers", "torch", "backend", "device_kind"}
+PROMPTS = {"text": ["the quick brown fox jumps over", "parallel speculative sampling drafts several"],
+           "code": ["jax flax llama cache mesh shard tensor"]}
+SETTINGS = BenchSettings(num_lookahead=(1, 3), max_new_tokens=8, sampling=SamplingConfig(temperature=0.8, top_k=10),
+                         rounds=2, lookahead="none")
+
+
+@pytest.fixture(scope="module")
+def hf_dir(make_hf_llama, tmp_path_factory):
+    path, _ = make_hf_llama(tmp_path_factory.mktemp("bench_llama"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(hf_dir):
+    from pass_jax.loading import load_model
+
+    return load_model(hf_dir)
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model):
+    return bench.run_bench(tiny_model, PROMPTS, SETTINGS)
+
+
+def _row(report, domain, method, num_lookahead=None):
+    return next(r for r in report["runs"] if (r["domain"], r["method"], r["num_lookahead"])
+                == (domain, method, num_lookahead))
+
+
+def test_report_has_every_method_and_field(report):
+    assert MACHINE_KEYS <= set(report["machine"])
+    assert report["settings"]["num_lookahead"] == [1, 3] and report["settings"]["rounds"] == 2
+    expected = {(d, m, n) for d in PROMPTS for m, n in
+                [(AR, None), (PASS, 1), (PASS, 3), (HF_GREEDY, None), (HF_SAMPLE, None), (HF_LOOKUP, None)]}
+    assert {(r["domain"], r["method"], r["num_lookahead"]) for r in report["runs"]} == expected
+    for row in report["runs"]:
+        assert set(row) >= ROW_KEYS, ROW_KEYS - set(row)
+        assert row["rounds"] == 2 and len(row["tokens_per_s_rounds"]) == 2
+        assert row["tokens_per_s_min"] <= row["tokens_per_s"] <= row["tokens_per_s_max"]
+        assert row["new_tokens"] > 0 and row["peak_host_mb"] > 0
+    json.dumps(report)  # serialisable as is
+
+
+def test_ratios_match_own_tokens_per_s(report):
+    for row in report["runs"]:
+        ar = _row(report, row["domain"], AR)["tokens_per_s"]
+        hf = _row(report, row["domain"], HF_GREEDY)["tokens_per_s"]
+        assert math.isclose(row["ratio_vs_ar"], row["tokens_per_s"] / ar)
+        assert math.isclose(row["ratio_vs_transformers_greedy"], row["tokens_per_s"] / hf)
+    assert _row(report, "text", AR)["ratio_vs_ar"] == 1.0
+
+
+def test_pass_jax_statistics(report):
+    ar = _row(report, "text", AR)
+    assert ar["calls_per_token"] == pytest.approx(1.0) and ar["mean_accepted"] == 0.0
+    for num_lookahead in (1, 3):
+        row = _row(report, "text", PASS, num_lookahead)
+        assert len(row["position_acceptance"]) == num_lookahead
+        assert all(0.0 <= a <= 1.0 for a in row["position_acceptance"])
+        assert set(row["tokens_per_iteration_hist"]) == {str(a + 2) for a in range(num_lookahead + 1)}
+        assert 0.0 <= row["mean_accepted"] <= num_lookahead
+        assert row["tokens_per_call"] == pytest.approx(1 / row["calls_per_token"])
+        assert row["compile_s"] > 0 and row["lookahead_source"].startswith("untrained")
+    hf = _row(report, "text", HF_LOOKUP)
+    assert hf["tokens_per_call"] is None and hf["batch_size"] == 1
+    assert "| text | pass-jax-pass | 3 |" in bench.markdown_table(report["runs"])
+
+
+def test_plots_are_written(report, tmp_path):
+    paths = bench.write_plots(report, tmp_path / "plots")
+    assert [p.name for p in paths] == list(bench.PLOT_FILES)
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_without_transformers(hf_dir, tmp_path, monkeypatch, capsys):
+    """The whole command without the torch extra: transformers rows skipped with a note, JSON and plots written."""
+    monkeypatch.setattr(bench, "transformers_unavailable_reason", lambda: "torch is not installed (simulated)")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS["text"]))
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", str(hf_dir), "--prompts", str(prompts), "--num-lookahead", "2",
+                 "--max-new-tokens", "6", "--rounds", "1", "--lookahead", "none", "--temperature", "0",
+                 "--json", str(out), "--plot", str(tmp_path / "plots")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "transformers+torch rows skipped: torch is not installed (simulated)" in captured.err
+    report = json.loads(out.read_text())
+    assert {r["method"] for r in report["runs"]} == {AR, PASS}
+    assert all(r["ratio_vs_transformers_greedy"] is None and r["decoding"] == "greedy" for r in report["runs"])
+    assert any("skipped" in note for note in report["notes"])
+    assert "| custom | pass-jax-ar |" in captured.out
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(bench.PLOT_FILES)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-lookahead", "0,2"], "must be >= 1"),
+    (["--num-lookahead", "two"], "comma list of integers"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--top-k", "0"], "top-k must be >= 1"),
+    (["--prompts", "missing.jsonl"], "not found"),
+])
+def test_bad_input_is_one_line_error_before_loading(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_prefix_prompts_fit_the_token_budget(sp_tokenizer, monkeypatch):
+    from train import data
+
+    docs = [{"id": "short", "text": "the fox"},
+            {"id": "long", "text": " ".join(["parallel speculative sampling drafts tokens"] * 20)}]
+    monkeypatch.setattr(data, "load_documents", lambda source, split, **_: iter(docs))
+    prompts = bench.corpus_prompts(sp_tokenizer, "text", 2, prompt_tokens=12)
+    assert len(prompts) == 1 and docs[1]["text"].startswith(prompts[0])  # the short document is skipped
+    assert len(sp_tokenizer(prompts[0])["input_ids"]) <= 12
+
+
+def test_count_new_tokens_stops_at_eos():
+    assert bench.count_new_tokens([5, 6, 2, 0, 0], eos_id=2) == 3
+    assert bench.count_new_tokens([5, 6, 7], eos_id=2) == 3
