@@ -158,7 +158,7 @@ class Generator:
         state = executable(*args)
         jax.block_until_ready(state.tokens)
         wall = time.perf_counter() - start
-        return gather_to_host(state._replace(cache=None)), wall
+        return gather_to_host(state._replace(cache=None, key=None)), wall
 
     def generate(self, prompts: Sequence[str], seed: int = 0, progress: bool = False) -> tuple[list[GenerationResult], dict]:
         encoded = [self.encode(p) for p in prompts]

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from pass_jax.config import load_preset  # noqa: E402
 from pass_jax.decoding import DecodeSpec, decode_jit  # noqa: E402
+from pass_jax.generate import Generator  # noqa: E402
 from pass_jax.loading import LoadedModel  # noqa: E402
 from pass_jax.lookahead import init_random  # noqa: E402
 from pass_jax.model import param_shapes  # noqa: E402
@@ -82,6 +83,17 @@ state = decode_jit(params, lookahead, global_array_from_local(prompts[rows], mes
                    global_array_from_local(lengths[rows], mesh), key, spec)
 generated = gather_to_host({"tokens": state.tokens, "lengths": state.lengths})
 
+
+class _NoTokenizer:
+    eos_token_id = None
+
+
+# (a') the same generation through the user-facing Generator: process-local rows in, gathered rows out
+generator = Generator(LoadedModel(config, params, _NoTokenizer(), "random"), mode="pass", num_lookahead=L,
+                      lookahead=gather_to_host(lookahead), max_new_tokens=NEW, sampling=GREEDY, batch_size=BATCH,
+                      mesh=mesh)
+generator_state, _ = generator.generate_ids([list(p[:n]) for p, n in zip(prompts, lengths)], seed=0)
+
 # (b) one training step of the look-ahead vectors
 t = TrainSection(num_lookahead=L, batch_size=BATCH, steps=10, lr=1e-2, warmup=0, anchors_per_seq=4, seed=0)
 train_state = init_state(LoadedModel(config, params, None, "random"), t, mesh)
@@ -94,6 +106,7 @@ if jax.process_index() == 0:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "result.npz", tokens=generated["tokens"], lengths=generated["lengths"],
+             generator_tokens=generator_state.tokens, generator_lengths=generator_state.lengths,
              lookahead_before=before, **trained)
     facts = {"process_count": jax.process_count(), "device_count": jax.device_count(),
              "local_device_count": jax.local_device_count(), "rows": [rows.start, rows.stop],

@@ -83,6 +83,11 @@ def test_two_processes_match_one_process(tmp_path):
     assert a["tokens"].shape == (8, 33)
     np.testing.assert_array_equal(a["lengths"], b["lengths"])
     np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    # the Generator edge (process-local prompt rows, gathered outputs) gives the same rows
+    for result in (a, b):
+        np.testing.assert_array_equal(result["generator_lengths"], result["lengths"])
+        for row, length in enumerate(result["lengths"]):
+            np.testing.assert_array_equal(result["generator_tokens"][row, :length], result["tokens"][row, :length])
     # (b) training: the same update (cross-process reductions may round differently)
     np.testing.assert_allclose(a["lookahead_before"], b["lookahead_before"], atol=1e-7)
     assert np.abs(a["lookahead"] - a["lookahead_before"]).max() > 1e-3  # the step did move the vectors
