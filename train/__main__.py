@@ -1,0 +1,6 @@
+"""`python -m train ...` is `pass-jax train ...`."""
+import sys
+
+from pass_jax.cli import main
+
+sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,532 @@
+"""The look-ahead training loop: run configs, one jitted step, eval, checkpoints, export.
+
+Only the look-ahead vectors [L, d_emb] are trained. The base parameters are an ordinary,
+non-differentiated argument of the jitted step (never closed over, so never baked into the
+program, and never copied per step); gradients and optimizer state exist for the vectors alone.
+
+A run directory holds `config.json`, `metrics.jsonl` (one JSON object per log/eval point),
+`checkpoints/` (Orbax: vectors, optimizer state, step; the data position is the step, see
+`train.data.PackedDataset`) and, at the end, `lookahead.npz` + `lookahead.json` (the format
+`pass-jax generate --lookahead PATH` reads).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from pass_jax import lookahead as lookahead_lib
+from pass_jax.config import ConfigError, LlamaConfig, load_config_file, load_preset, resolve_config_path
+from pass_jax.distributed import gather_to_host, global_array_from_local, process_local_batch
+from pass_jax.errors import PassJaxError
+from pass_jax.loading import LoadedModel, load_model
+from pass_jax.model import init_params
+from pass_jax.sharding import make_mesh, shard_params
+from train.corpora import CorpusError
+from train.data import PackedDataset, build_packed_dataset
+from train.losses import OBJECTIVES, lookahead_loss, num_valid_anchors, sample_anchors
+
+RANDOM_MODEL = "random"
+
+
+# --------------------------------------------------------------------------
+# Run configuration
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """source: what `pass_jax.loading.load_model` takes (`smollm2-135m`, a .gguf, an HF or converted
+    directory), or `random` for random weights of `preset` (smoke tests). preset: a model preset
+    name whose shapes the loaded model must have (and planning tools read). dtype: overrides the
+    activation and parameter dtype (bfloat16 on TPU; float32 on CPU, where bf16 is slow)."""
+
+    source: str = "smollm2-135m"
+    preset: str | None = None
+    dtype: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """source: wiki | python (offline) | wikipedia | the-stack-python (TFDS) | a corpus path.
+    max_documents caps each split; max_tokens the train split and eval_max_tokens the test split
+    (default: max_tokens), since a few eval batches need far fewer tokens than training."""
+
+    source: str = "wiki"
+    seq_len: int = 256
+    max_documents: int | None = None
+    max_tokens: int | None = None
+    eval_max_tokens: int | None = None
+    add_bos: bool = False
+    data_dir: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    """num_lookahead: L; batch_size: global rows per step; anchors_per_seq: look-ahead groups per
+    row; loss: ce | distill (see train.losses); steps, lr, warmup: the warmup-cosine schedule;
+    clip: global gradient norm; eval_every/eval_batches, checkpoint_every/keep: schedules, in steps."""
+
+    num_lookahead: int = 8
+    batch_size: int = 8
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    anchors_per_seq: int = 32
+    loss: str = "ce"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+    keep: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSection:
+    """dir: the run directory (default runs/<config name>); export: the final .npz (default
+    <dir>/lookahead.npz)."""
+
+    dir: str | None = None
+    export: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    output: OutputSection = OutputSection()
+    mesh: str | None = None  # e.g. "2x2" (data x tensor); None: every device on the data axis
+    description: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir or f"runs/{self.name}").absolute()
+
+    @property
+    def export_path(self) -> Path:
+        return Path(self.output.export).absolute() if self.output.export else self.run_dir / "lookahead.npz"
+
+
+_SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection, "output": OutputSection}
+_POSITIVE = ("seq_len", "max_documents", "max_tokens", "eval_max_tokens", "num_lookahead", "batch_size", "steps",
+             "anchors_per_seq", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep")
+
+
+def _checked(value: Any, hint: Any, key: str) -> Any:
+    """`value` if it fits the annotation `hint` (ints pass as floats; bools never as numbers)."""
+    allowed = typing.get_args(hint) or (hint,)
+    if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
+        return float(value)
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+        raise ConfigError(f"{key} must be {names}, got {value!r}")
+    if key.rsplit(".", 1)[-1] in _POSITIVE and value is not None and value < 1:
+        raise ConfigError(f"{key} must be positive, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    """A dataclass from a dict, naming any unknown key by its dotted path."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"known{' in ' + where if where else ''}: {', '.join(known)}")
+    return cls(**{k: _checked(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()})
+
+
+def run_config_from_dict(data: dict, name: str) -> RunConfig:
+    """Validate a train config (as read from JSON, overrides applied) into a RunConfig."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind != "train":
+        raise ConfigError(f"config {name!r} has kind {kind!r}; `pass-jax train` needs a config with "
+                          '"kind": "train" (model presets are referenced from its "model" section)')
+    for section, cls in _SECTIONS.items():
+        if section in data:
+            if not isinstance(data[section], dict):
+                raise ConfigError(f"{section} must be a section (a JSON object), got {data[section]!r}")
+            data[section] = _build(cls, data[section], section)
+    config = _build(RunConfig, {"name": name, **data}, "")
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: RunConfig) -> None:
+    t, d = config.train, config.data
+    if t.loss not in OBJECTIVES:
+        raise ConfigError(f"train.loss must be one of {', '.join(OBJECTIVES)}, got {t.loss!r}")
+    if t.anchors_per_seq > num_valid_anchors(d.seq_len, t.num_lookahead):
+        raise ConfigError(f"train.anchors_per_seq={t.anchors_per_seq} exceeds the "
+                          f"{num_valid_anchors(d.seq_len, t.num_lookahead)} anchors with all "
+                          f"{t.num_lookahead} targets inside data.seq_len={d.seq_len}")
+    if config.model.source == RANDOM_MODEL and not config.model.preset:
+        raise ConfigError(f"model.source={RANDOM_MODEL!r} needs model.preset to give the shapes")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.steps=10' -> (['train', 'steps'], 10). Values are JSON, else plain strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. train.steps=10)")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A copy of a config dict with `key.sub=value` overrides applied (validated afterwards)."""
+    data = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_run_config(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
+    """A train config by name in `configs/` or path, with command-line overrides."""
+    name = resolve_config_path(name_or_path).stem
+    return run_config_from_dict(apply_overrides(load_config_file(name_or_path), list(overrides)), name)
+
+
+# --------------------------------------------------------------------------
+# Model and data
+# --------------------------------------------------------------------------
+
+class ByteTokenizer:
+    """For `random` models only: UTF-8 bytes folded into ids 1..V-1, id 0 is EOS."""
+
+    bos_token_id = None
+    eos_token_id = 0
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [1 + b % (self.vocab_size - 1) for b in text.encode("utf-8")]
+
+
+def load_base_model(section: ModelSection, mesh) -> LoadedModel:
+    """The frozen base model, sharded on the mesh, checked against the preset's shapes."""
+    dtypes = {"dtype": section.dtype, "param_dtype": section.dtype} if section.dtype else {}
+    if section.source == RANDOM_MODEL:
+        config = load_preset(section.preset).replace(**dtypes)
+        # jit: an eager init dispatches op by op and takes seconds even for the tiny preset.
+        params = shard_params(jax.jit(init_params, static_argnums=0)(config, jax.random.key(0)), config, mesh)
+        return LoadedModel(config, params, ByteTokenizer(config.vocab_size), f"{RANDOM_MODEL}:{section.preset}")
+    model = load_model(section.source, mesh=mesh, **dtypes)
+    if section.preset:
+        _check_shapes(model.config, load_preset(section.preset), section)
+    return model
+
+
+def _check_shapes(loaded: LlamaConfig, preset: LlamaConfig, section: ModelSection) -> None:
+    fields = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+    diff = [f"{f}={getattr(loaded, f)} (preset {getattr(preset, f)})" for f in fields
+            if getattr(loaded, f) != getattr(preset, f)]
+    if diff:
+        raise ConfigError(f"model {section.source!r} does not match model.preset={section.preset!r}: {', '.join(diff)}")
+
+
+def load_splits(section: DataSection, tokenizer) -> tuple[PackedDataset, PackedDataset]:
+    """This host's share of the packed train and test splits."""
+    common = dict(max_documents=section.max_documents, add_bos=section.add_bos, data_dir=section.data_dir,
+                  cache_dir=section.cache_dir)
+    max_tokens = {"train": section.max_tokens, "test": section.eval_max_tokens or section.max_tokens}
+    splits = []
+    for split in ("train", "test"):
+        try:
+            data = build_packed_dataset(section.source, tokenizer, section.seq_len, split=split,
+                                        max_tokens=max_tokens[split], **common)
+        except CorpusError as err:
+            raise CorpusError(f"data.source={section.source!r}, {split} split: {err}") from None
+        splits.append(data.shard(jax.process_index(), jax.process_count()))
+    return splits[0], splits[1]
+
+
+def local_batch_size(t: TrainSection, mesh) -> int:
+    """Rows each host feeds per step. Hosts read disjoint shards of the data, so each must feed
+    rows of its own: the mesh's data axes have to span the hosts evenly."""
+    local = t.batch_size // jax.process_count()
+    rows = process_local_batch(t.batch_size, mesh)
+    if t.batch_size % jax.process_count() or rows.stop - rows.start != local:
+        raise ConfigError(f"train.batch_size={t.batch_size} on mesh {dict(mesh.shape)} does not give each of the "
+                          f"{jax.process_count()} hosts its own equal share of the rows; use a batch size divisible "
+                          "by the data-parallel size and a mesh whose data axes span the hosts")
+    return local
+
+
+# --------------------------------------------------------------------------
+# Optimizer and jitted steps
+# --------------------------------------------------------------------------
+
+def learning_rate(t: TrainSection) -> optax.Schedule:
+    """Linear warmup, then cosine decay to 0 at train.steps. Warmup starts at lr/warmup, not 0,
+    so that the first step is not wasted. Short runs keep at least one step of decay (optax needs it)."""
+    warmup = min(t.warmup, t.steps - 1)
+    return optax.warmup_cosine_decay_schedule(t.lr / max(warmup, 1), t.lr, warmup, t.steps)
+
+
+def make_optimizer(t: TrainSection) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(t.clip),
+                       optax.adamw(learning_rate(t), weight_decay=t.weight_decay))
+
+
+def init_state(model: LoadedModel, t: TrainSection, mesh) -> dict:
+    """Step 0: untrained vectors (mean embedding + noise), kept in float32 whatever the model dtype.
+
+    Built under jit straight into replicated arrays, which also works when the embedding is
+    sharded across hosts."""
+    def init(embedding):
+        vectors = lookahead_lib.init_untrained({"embedding": embedding}, t.num_lookahead, _keys(t.seed)[0])
+        vectors = vectors.astype(jnp.float32)
+        return {"step": jnp.zeros((), jnp.int32), "lookahead": vectors, "opt_state": make_optimizer(t).init(vectors)}
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))(model.params["embedding"])
+
+
+def _keys(seed: int):
+    """(init key, anchor key) of a run; anchors of step k use fold_in(anchor key, k)."""
+    return jax.random.split(jax.random.key(seed))
+
+
+# Cached: runs with the same model config and settings (a resumed run, tests) reuse one compilation.
+@functools.cache
+def make_train_step(config: LlamaConfig, t: TrainSection):
+    """jit(params, state, tokens [B, T]) -> (new state, metrics). The state's buffers are donated."""
+    optimizer = make_optimizer(t)
+
+    def train_step(params, state, tokens):
+        key = jax.random.fold_in(_keys(t.seed)[1], state["step"])
+        anchors = sample_anchors(key, tokens.shape[0], tokens.shape[1], t.anchors_per_seq, t.num_lookahead)
+        grad_fn = jax.value_and_grad(lookahead_loss, has_aux=True)  # w.r.t. the look-ahead vectors only
+        (_, metrics), grads = grad_fn(state["lookahead"], params, config, tokens, anchors, t.loss)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["lookahead"])
+        new_state = {"step": state["step"] + 1, "lookahead": optax.apply_updates(state["lookahead"], updates),
+                     "opt_state": opt_state}
+        return new_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
+
+    return jax.jit(train_step, donate_argnums=1)
+
+
+@functools.cache
+def make_eval_step(config: LlamaConfig, t: TrainSection):
+    """jit(params, vectors, tokens, index) -> metrics. Anchors come from a fixed key (not the run's
+    seed), so eval numbers of different runs are comparable."""
+    def eval_step(params, vectors, tokens, index):
+        key = jax.random.fold_in(jax.random.key(0), index)
+        anchors = sample_anchors(key, tokens.shape[0], tokens.shape[1], t.anchors_per_seq, t.num_lookahead)
+        return lookahead_loss(vectors, params, config, tokens, anchors, t.loss)[1]
+
+    return jax.jit(eval_step)
+
+
+def _mean_metrics(metrics: list[dict]) -> dict[str, Any]:
+    """Average device metrics on the host; per-position arrays become lists. A collective: every
+    process calls it."""
+    host = gather_to_host(metrics)
+    return {k: np.mean([m[k] for m in host], axis=0, dtype=np.float64).round(6).tolist() for k in host[0]}
+
+
+def evaluate(eval_step, params, vectors, data: PackedDataset, t: TrainSection, mesh) -> dict[str, Any]:
+    """Mean metrics over the first `eval_batches` batches of the test split (never repeating rows)."""
+    batch = min(local_batch_size(t, mesh), len(data))
+    num = min(t.eval_batches, data.steps_per_epoch(batch))
+    results = [eval_step(params, vectors, global_array_from_local(rows, mesh), i)
+               for i, rows in data.batches(batch, num_steps=num)]
+    return _mean_metrics(results)
+
+
+# --------------------------------------------------------------------------
+# Checkpoints and logs
+# --------------------------------------------------------------------------
+
+def open_checkpoints(run_dir: Path, t: TrainSection):
+    import orbax.checkpoint as ocp
+
+    # Synchronous saves: the state is tiny (L x d_emb, three copies), and a killed run must find
+    # its last checkpoint complete.
+    options = ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(run_dir / "checkpoints", options=options)
+
+
+def data_position(step: int, data: PackedDataset, t: TrainSection) -> dict[str, int]:
+    """What must match for batch k of a resumed run to be batch k of the original run."""
+    return {"step": step, "seed": t.seed, "batch_size": t.batch_size, "num_sequences": len(data),
+            "seq_len": data.seq_len, "process_count": jax.process_count()}
+
+
+def save_checkpoint(manager, step: int, state: dict, data: PackedDataset, t: TrainSection,
+                    force: bool = False) -> None:
+    """Save every train.checkpoint_every steps, or when forced. `step` is passed in, not read from
+    the state, so that skipped saves never wait for the device."""
+    import orbax.checkpoint as ocp
+
+    if step == manager.latest_step() or not (force or step % t.checkpoint_every == 0):
+        return
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=ocp.args.JsonSave(data_position(step, data, t))),
+                 force=True)
+
+
+def restore_checkpoint(manager, state: dict, data: PackedDataset, t: TrainSection) -> dict:
+    """The latest checkpoint into `state`'s shapes and shardings; refuses changed data."""
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                             data=ocp.args.JsonRestore()))
+    expected = data_position(step, data, t)
+    if restored["data"] != expected:
+        changed = sorted(k for k in expected if restored["data"].get(k) != expected[k])
+        raise PassJaxError(f"cannot resume step {step} exactly: {', '.join(changed)} changed since the "
+                           f"checkpoint ({restored['data']} vs now {expected})")
+    return restored["state"]
+
+
+class MetricsLog:
+    """metrics.jsonl in the run dir, written by process 0. On resume, records after the restored
+    step (written before the kill, to be redone) are dropped."""
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        kept = []
+        if start_step > 0 and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+
+def train(config: RunConfig, model: LoadedModel, mesh, train_data: PackedDataset, eval_data: PackedDataset,
+          resume: bool = False, command: str = "") -> dict[str, Any]:
+    """Train the look-ahead vectors, export them, and return the final eval metrics."""
+    t = config.train
+    local_batch_size(t, mesh)  # fail early on a batch the hosts cannot share
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = init_state(model, t, mesh)
+    with open_checkpoints(run_dir, t) as manager:
+        if manager.latest_step() is not None:
+            if not resume:
+                raise PassJaxError(f"{run_dir} holds checkpoints up to step {manager.latest_step()}: add --resume "
+                                   "to continue that run, or set output.dir=NEW_DIR")
+            state = restore_checkpoint(manager, state, train_data, t)
+        start = int(gather_to_host(state["step"]))
+        if jax.process_index() == 0:
+            (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        log = MetricsLog(run_dir / "metrics.jsonl", start)
+        eval_step = make_eval_step(model.config, t)
+        if start == 0:  # the untrained baseline
+            log.write({"step": 0, "split": "eval", **evaluate(eval_step, model.params, state["lookahead"],
+                                                               eval_data, t, mesh)})
+        state = _train_steps(config, model, mesh, train_data, eval_data, state, manager, log, eval_step)
+        final = evaluate(eval_step, model.params, state["lookahead"], eval_data, t, mesh)
+        log.write({"step": t.steps, "split": "eval", **final})
+        save_checkpoint(manager, t.steps, state, train_data, t, force=True)
+    _export(config, model, gather_to_host(state["lookahead"]), final, train_data, eval_data, command)
+    return final
+
+
+def _train_steps(config: RunConfig, model: LoadedModel, mesh, train_data, eval_data, state, manager, log,
+                 eval_step) -> dict:
+    """From the state's step to train.steps: step, log, eval and checkpoint on schedule."""
+    t = config.train
+    start = int(gather_to_host(state["step"]))
+    train_step = make_train_step(model.config, t)
+    schedule = learning_rate(t)
+    local_batch = local_batch_size(t, mesh)
+    tokens_per_step = t.batch_size * train_data.seq_len
+    pending: list[dict] = []
+    bar = tqdm(train_data.batches(local_batch, start, t.seed, num_steps=t.steps - start), total=t.steps,
+               initial=start, desc=f"training {config.name}", unit="step", disable=jax.process_index() != 0)
+    tick = time.perf_counter()
+    for index, rows in bar:
+        state, metrics = train_step(model.params, state, global_array_from_local(rows, mesh))
+        pending.append(metrics)
+        step = index + 1
+        if index == start:  # keep compilation out of the step time
+            jax.block_until_ready(state)
+            log.write({"step": step, "split": "compile", "first_step_s": round(time.perf_counter() - tick, 3)})
+            pending, tick = [], time.perf_counter()
+        elif step % t.log_every == 0 or step == t.steps:
+            record = _mean_metrics(pending)
+            step_s = (time.perf_counter() - tick) / len(pending)
+            log.write({"step": step, "split": "train", "lr": float(schedule(index)), **record,
+                       "step_s": round(step_s, 4), "tokens_per_s": round(tokens_per_step / step_s, 1)})
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc1=f"{record['acc'][0]:.3f}")
+            pending, tick = [], time.perf_counter()
+        if step % t.eval_every == 0 and step < t.steps:  # the final eval follows the loop
+            eval_start = time.perf_counter()
+            log.write({"step": step, "split": "eval",
+                       **evaluate(eval_step, model.params, state["lookahead"], eval_data, t, mesh)})
+            tick += time.perf_counter() - eval_start  # eval time is not step time
+        save_checkpoint(manager, step, state, train_data, t)
+    bar.close()
+    return state
+
+
+def _export(config: RunConfig, model: LoadedModel, vectors, final: dict, train_data, eval_data,
+            command: str) -> None:
+    if jax.process_index() != 0:
+        return
+    t = config.train
+    metadata = {
+        "format": "pass-jax-lookahead-v1",
+        "model": model.source,
+        "num_lookahead": t.num_lookahead,
+        "hidden_size": model.config.hidden_size,
+        "config": dataclasses.asdict(config),
+        "data": {"source": config.data.source, "seq_len": train_data.seq_len,
+                 "train_sequences": len(train_data) * jax.process_count(),
+                 "test_sequences": len(eval_data) * jax.process_count(),
+                 "tokens_seen": t.steps * t.batch_size * train_data.seq_len},
+        "steps": t.steps,
+        "final_eval": final,
+        "command": command,
+    }
+    lookahead_lib.save(config.export_path, vectors, metadata)
+
+
+def run(config: RunConfig, resume: bool = False, command: str = "") -> dict[str, Any]:
+    """Load the model and data a config names, then train; returns the final eval metrics."""
+    mesh = make_mesh(config.mesh)
+    model = load_base_model(config.model, mesh)
+    train_data, eval_data = load_splits(config.data, model.tokenizer)
+    return train(config, model, mesh, train_data, eval_data, resume=resume, command=command)
