@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,11 +64,19 @@ def bundled_gguf_path() -> Path:
     return path
 
 
+def _any_path(path: str | os.PathLike):
+    """A local path, or a `gs://` one (converted checkpoints may live in a bucket on TPU VMs)."""
+    if str(path).startswith("gs://"):
+        from etils import epath
+        return epath.Path(str(path))
+    return Path(path).expanduser().absolute()
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     text = str(name_or_path)
     if text.lower().replace("_", "-") in (DEFAULT_MODEL, "default"):
         return bundled_gguf_path()
-    path = Path(text).expanduser()
+    path = _any_path(text)
     if not path.exists():
         raise LoadError(f"model {text!r} not found: give {DEFAULT_MODEL!r}, a .gguf file, a Hugging Face "
                         "LLaMA directory, or a directory written by `pass-jax convert`")
@@ -304,14 +313,18 @@ def save_converted(model: LoadedModel, dst: Path) -> None:
     """Write params (Orbax), config and tokenizer so that `load_model(dst)` reloads them sharded."""
     import orbax.checkpoint as ocp
 
-    dst = Path(dst).absolute()
+    dst = _any_path(dst)
     if (dst / "params").exists():
         raise LoadError(f"{dst} already holds a converted checkpoint; choose a new destination")
     dst.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(dst / "params", model.params)
     if jax.process_index() == 0:
-        model.tokenizer.save_pretrained(dst / "tokenizer")
+        with tempfile.TemporaryDirectory() as local:  # tokenizers write local files only
+            model.tokenizer.save_pretrained(local)
+            for file in Path(local).iterdir():
+                (dst / "tokenizer" / file.name).parent.mkdir(parents=True, exist_ok=True)
+                (dst / "tokenizer" / file.name).write_bytes(file.read_bytes())
         meta = {"format": PASS_JAX_FORMAT, "config": config_lib.to_dict(model.config), "source": model.source}
         (dst / "pass_jax.json").write_text(json.dumps(meta, indent=1))
 
@@ -333,7 +346,10 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
             params = ckpt.restore(path / "params", target)
         except ValueError as err:
             raise LoadError(f"{path}: checkpoint does not match its config ({str(err).splitlines()[0]})") from None
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path / "tokenizer")
+    with tempfile.TemporaryDirectory() as local:  # tokenizers read local files only (the dir may be gs://)
+        for file in (path / "tokenizer").iterdir():
+            (Path(local) / file.name).write_bytes(file.read_bytes())
+        tokenizer = transformers.AutoTokenizer.from_pretrained(local)
     return LoadedModel(config, params, tokenizer, str(path))
 
 

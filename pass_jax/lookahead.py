@@ -49,7 +49,7 @@ def check(vectors, config: LlamaConfig, num_lookahead: int | None = None, where:
 
 def save(path: str | Path, vectors, metadata: dict | None = None) -> None:
     """`.npz` for a small portable file, otherwise an Orbax checkpoint directory."""
-    path = Path(path).absolute()
+    path = Path(path).expanduser().absolute()
     if path.suffix == ".npz":
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, lookahead=np.asarray(jax.device_get(vectors), np.float32))
@@ -64,7 +64,7 @@ def save(path: str | Path, vectors, metadata: dict | None = None) -> None:
 
 
 def load(path: str | Path, config: LlamaConfig) -> jax.Array:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise LookaheadError(f"look-ahead checkpoint {path} not found")
     if path.suffix == ".npz":

@@ -116,11 +116,11 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output.dir or f"runs/{self.name}").absolute()
+        return Path(self.output.dir or f"runs/{self.name}").expanduser().absolute()
 
     @property
     def export_path(self) -> Path:
-        return Path(self.output.export).absolute() if self.output.export else self.run_dir / "lookahead.npz"
+        return Path(self.output.export).expanduser().absolute() if self.output.export else self.run_dir / "lookahead.npz"
 
 
 _SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection, "output": OutputSection}
