@@ -68,6 +68,7 @@ class BenchSettings:
     seed: int = 0
     transformers: bool = True
     prompt_lookup_num_tokens: int = 10
+    roofline: bool = True  # measure bandwidth after the runs and relate the AR step to it
 
     def __post_init__(self):
         if not self.num_lookahead:
@@ -387,6 +388,44 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                 row[key] = row["tokens_per_s"] / base["tokens_per_s"]
 
 
+def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> dict[str, float]:
+    """Memory bandwidth as XLA sees it here: a float32 reduction and a matrix-vector product."""
+    import jax
+    import jax.numpy as jnp
+
+    n = megabytes * 2**20 // 4
+    cols = 4096
+    matrix = jnp.ones((n // cols, cols), jnp.float32)
+    vector = jnp.ones((cols,), jnp.float32)
+    kernels = {"reduction_gb_s": jax.jit(jnp.sum), "matvec_gb_s": jax.jit(lambda m: m @ vector)}
+    out = {}
+    for name, kernel in kernels.items():
+        kernel(matrix).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            kernel(matrix).block_until_ready()
+            times.append(time.perf_counter() - start)
+        out[name] = matrix.nbytes / min(times) / 1e9
+    return out
+
+
+def roofline(model, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Autoregressive step time against weight bytes / bandwidth (a decode step reads every weight)."""
+    import jax
+
+    ar = [r for r in rows if r["method"] == "pass-jax-ar" and r["tokens_per_s"]]
+    if not ar or ar[0]["batch_size"] != 1:
+        return None
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
+    bandwidth = measure_bandwidth()
+    step_ms = 1000 / ar[0]["tokens_per_s"]
+    best = max(bandwidth.values())
+    return {"weight_bytes": weight_bytes, **bandwidth, "ar_step_ms": step_ms,
+            "roofline_step_ms": weight_bytes / best / 1e6,
+            "ar_step_over_roofline": step_ms / (weight_bytes / best / 1e6)}
+
+
 def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, progress: bool = False,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark every method on `prompts` ({domain: [prompt, ...]}) with an already-loaded model.
@@ -434,7 +473,7 @@ def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, 
     return {"machine": machine_info(),
             "settings": {**settings.to_json(), "domains": {d: len(p) for d, p in prompts.items()},
                          "model": model.source, "torch_threads": os.cpu_count()},
-            "notes": notes, "runs": rows}
+            "notes": notes, "runs": rows, "roofline": roofline(model, rows) if settings.roofline else None}
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -538,6 +577,11 @@ def cmd_bench(args) -> int:
     report["settings"]["prompt_source"] = (args.prompts or
                                            f"held-out test documents, {args.prompt_tokens}-token prefixes")
     print(markdown_table(report["runs"]), flush=True)
+    if report["roofline"]:
+        r = report["roofline"]
+        print(f"\nroofline: {r['weight_bytes'] / 1e6:.0f} MB of weights per step; bandwidth {r['reduction_gb_s']:.1f} GB/s "
+              f"(reduction), {r['matvec_gb_s']:.1f} GB/s (matvec); AR step {r['ar_step_ms']:.1f} ms = "
+              f"{r['ar_step_over_roofline']:.2f}x the {r['roofline_step_ms']:.1f} ms roofline", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         _log(f"wrote {args.json}")

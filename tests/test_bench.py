@@ -2,6 +2,8 @@
 import json
 import math
 
+import jax
+
 import pytest
 
 from pass_jax import bench
@@ -138,3 +140,13 @@ def test_prefix_prompts_fit_the_token_budget(sp_tokenizer, monkeypatch):
 def test_count_new_tokens_stops_at_eos():
     assert bench.count_new_tokens([5, 6, 2, 0, 0], eos_id=2) == 3
     assert bench.count_new_tokens([5, 6, 7], eos_id=2) == 3
+
+
+def test_roofline_relates_ar_step_to_bandwidth(report, tiny_model):
+    r = report["roofline"]
+    ar = _row(report, "text", AR)
+    assert r["weight_bytes"] == sum(x.nbytes for x in jax.tree.leaves(tiny_model.params))
+    assert r["reduction_gb_s"] > 0 and r["matvec_gb_s"] > 0
+    assert r["ar_step_ms"] == pytest.approx(1000 / ar["tokens_per_s"])
+    assert r["ar_step_over_roofline"] == pytest.approx(
+        r["ar_step_ms"] / (r["weight_bytes"] / max(r["reduction_gb_s"], r["matvec_gb_s"]) / 1e6))
