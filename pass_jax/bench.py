@@ -279,15 +279,6 @@ def transformers_methods(model, settings: BenchSettings) -> list[TransformersMet
                                settings.batch_size) for name, extra in configs]
 
 
-def domain_lookahead(spec: str, domain: str, model) -> str:
-    """`--lookahead default` picks the shipped vectors trained on the prompts' domain (code or text)."""
-    if spec == "default" and domain == "code" and "SmolLM2-135M" in model.source:
-        path = lookahead_lib.bundled_path("code")
-        if path.is_file():
-            return str(path)
-    return spec
-
-
 def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str]) -> dict[str, list[PassJaxMethod]]:
     """AR plus PaSS for each L, per domain; generators with the same vectors are shared across domains."""
     common = dict(max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
@@ -296,12 +287,15 @@ def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str]) -> 
     cache: dict[tuple[int, str], PassJaxMethod] = {}
     methods = {}
     for domain in domains:
-        spec = domain_lookahead(settings.lookahead, domain, model)
+        # `--lookahead default` means the shipped vectors trained on the prompts' domain
+        vectors = "code" if domain == "code" else "text"
+        key = vectors if settings.lookahead == "default" else settings.lookahead
         for value in settings.num_lookahead:
-            if (value, spec) not in cache:
-                generator = Generator(model, mode="pass", num_lookahead=value, lookahead=spec, **common)
-                cache[value, spec] = PassJaxMethod(generator, value)
-        methods[domain] = [ar] + [cache[value, spec] for value in settings.num_lookahead]
+            if (value, key) not in cache:
+                generator = Generator(model, mode="pass", num_lookahead=value, lookahead=settings.lookahead,
+                                      domain=vectors, **common)
+                cache[value, key] = PassJaxMethod(generator, value)
+        methods[domain] = [ar] + [cache[value, key] for value in settings.num_lookahead]
     return methods
 
 
@@ -609,7 +603,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default="smollm2-135m",
                         help="smollm2-135m (bundled, default), a .gguf file, a Hugging Face LLaMA directory, "
                              "or a directory from `pass-jax convert` (no transformers rows for that one)")
-    parser.add_argument("--lookahead", default="default", metavar="{default,none,PATH}",
+    parser.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
                         help="look-ahead vectors: default (the shipped ones for the prompts' domain), none "
                              "(untrained), or a .npz / Orbax path")
     parser.add_argument("--num-lookahead", "-L", default="1,2,4,6,8", metavar="L1,L2,...",

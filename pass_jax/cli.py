@@ -121,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "or a directory from `pass-jax convert`")
     gen.add_argument("--mode", choices=("ar", "pass"), default="pass", help="pass (default) or ar: plain decoding")
     gen.add_argument("--num-lookahead", "-L", type=int, default=4, help="look-ahead steps L (default 4)")
-    gen.add_argument("--lookahead", default="default", metavar="{default,none,PATH}",
-                     help="look-ahead vectors: default (shipped trained ones for the bundled model), "
-                          "none (untrained), or a .npz / Orbax path")
+    gen.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
+                     help="look-ahead vectors: default/text (shipped, trained on Wikipedia, for the bundled "
+                          "model), code (shipped, trained on Python), none (untrained), or a .npz / Orbax path")
     gen.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     add_sampling_args(gen)
     gen.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")

@@ -88,7 +88,8 @@ class Generator:
 
     def __init__(self, model: LoadedModel, *, mode: str = "pass", num_lookahead: int = 4,
                  lookahead: str | Any = "default", max_new_tokens: int = 128,
-                 sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None):
+                 sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None,
+                 domain: str = "text"):
         if batch_size < 1:
             raise GenerationError(f"batch size must be >= 1, got {batch_size}")
         self.model = model
@@ -100,7 +101,7 @@ class Generator:
         if mode == "pass":
             if isinstance(lookahead, (str, type(None))):
                 self.lookahead, self.lookahead_source = lookahead_lib.resolve(
-                    lookahead, model.params, model.config, num_lookahead, model.source)
+                    lookahead, model.params, model.config, num_lookahead, model.source, domain=domain)
             else:
                 self.lookahead = lookahead_lib.check(jnp.asarray(lookahead), model.config, num_lookahead)[:num_lookahead]
                 self.lookahead_source = "given"

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .bench import domain_lookahead, parse_int_list
+from .bench import parse_int_list
 from .cli import add_sampling_args, sampling_from_args
 from .decoding import check_settings
 from .errors import PassJaxError
@@ -277,7 +277,7 @@ def sample_completions(model, problems: Sequence[dict[str, Any]], mode: str, set
     draws its own tokens.
     """
     generator = Generator(model, mode=mode, num_lookahead=settings.num_lookahead,
-                          lookahead=domain_lookahead(settings.lookahead, "code", model),
+                          lookahead=settings.lookahead, domain="code",
                           max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
                           batch_size=settings.batch_size)
     n = settings.num_samples
@@ -378,8 +378,9 @@ def register(subparsers) -> None:
                              "or a directory from `pass-jax convert`")
     parser.add_argument("--modes", default="ar,pass", help="comma list of ar, pass (default ar,pass)")
     parser.add_argument("--num-lookahead", "-L", type=int, default=4, help="PaSS look-ahead steps (default 4)")
-    parser.add_argument("--lookahead", default="default", metavar="{default,none,PATH}",
-                        help="look-ahead vectors: default (the shipped code vectors when present), none, or a path")
+    parser.add_argument("--lookahead", default="default", metavar="{default,code,text,none,PATH}",
+                        help="look-ahead vectors: default (the shipped code vectors for the bundled model), "
+                             "none (untrained), or a path")
     parser.add_argument("--num-samples", "-n", type=int, default=1, help="samples per problem (default 1)")
     parser.add_argument("--k", default=None, metavar="K1,K2,...", help="pass@k values, each <= --num-samples "
                         "(default: those of 1, 10, 100 that are <= --num-samples)")

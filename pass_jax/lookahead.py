@@ -85,17 +85,21 @@ def bundled_path(domain: str = "text") -> Path:
 
 
 def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, model_source: str = "",
-            key=None) -> tuple[jax.Array, str]:
-    """`--lookahead {default,none,PATH}` -> (vectors [L', d_emb], a description).
+            key=None, domain: str = "text") -> tuple[jax.Array, str]:
+    """`--lookahead {default,text,code,none,PATH}` -> (vectors [L', d_emb], a description).
 
-    'default' uses the shipped trained vectors when the model is the bundled SmolLM2 and falls back
-    to untrained ones otherwise; 'none' means the untrained initialisation.
+    For the bundled SmolLM2, 'text' uses the shipped vectors trained on Wikipedia text, 'code' those
+    trained on Python, and 'default' those of `domain`; other models fall back to the untrained
+    initialisation, which 'none' always means.
     """
     key = jax.random.key(0) if key is None else key
     spec = spec or "default"
-    if spec == "default" and "SmolLM2-135M" in model_source and bundled_path().is_file():
-        vectors = load(bundled_path(), config)
-        return check(vectors, config, num_lookahead, str(bundled_path()))[:num_lookahead], f"trained ({bundled_path().name})"
+    domain = {"default": domain, "text": "text", "code": "code"}.get(spec)
+    if domain and "SmolLM2-135M" in model_source and bundled_path(domain).is_file():
+        path = bundled_path(domain)
+        return check(load(path, config), config, num_lookahead, str(path))[:num_lookahead], f"trained ({path.name})"
+    if spec in ("text", "code"):
+        raise LookaheadError(f"--lookahead {spec}: shipped vectors exist only for the bundled smollm2-135m")
     if spec in ("default", "none"):
         return init_untrained(params, num_lookahead, key), "untrained (mean embedding + noise)"
     vectors = load(spec, config)
