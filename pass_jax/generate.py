@@ -89,15 +89,17 @@ class Generator:
     def __init__(self, model: LoadedModel, *, mode: str = "pass", num_lookahead: int = 4,
                  lookahead: str | Any = "default", max_new_tokens: int = 128,
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None,
-                 domain: str = "text"):
+                 domain: str = "text", stop_ids: Sequence[int] = ()):
         if batch_size < 1:
             raise GenerationError(f"batch size must be >= 1, got {batch_size}")
         self.model = model
         self.mesh = mesh
         self.batch_size = batch_size
         eos = model.tokenizer.eos_token_id
+        # A row ends at EOS or at any of `stop_ids` (kept, like EOS, as its last token).
+        stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())))
         self.spec = DecodeSpec(model.config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new_tokens,
-                               sampling=sampling, eos_ids=() if eos is None else (int(eos),))
+                               sampling=sampling, eos_ids=stops)
         if mode == "pass":
             if isinstance(lookahead, (str, type(None))):
                 self.lookahead, self.lookahead_source = lookahead_lib.resolve(

@@ -42,6 +42,13 @@ from .sampling import PAPER, SamplingConfig
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 MODES = ("ar", "pass")
+# raw: the model continues the HumanEval prompt (base models). chat: an instruct model is asked for
+# the whole function, and its reply is opened with a code fence so the answer starts with code; the
+# reply (imports, helpers, the function) then runs after the prompt and redefines the function.
+PROMPT_STYLES = ("auto", "chat", "raw")
+CHAT_INSTRUCTION = "Write the Python function below. Answer with the complete function in a ```python code block."
+CODE_FENCE = "```python\n"
+CHAT_STOP_SEQUENCES = ("```", "\nif __name__", "\nprint(", "\nassert ")
 OUTPUT_TAIL = 2000  # characters of a failed program's output kept for the report
 # Runs before the problem: limits and a socket block, so a stray completion fails fast instead of
 # eating the machine's memory or reaching the network through Python's socket module.
@@ -63,6 +70,11 @@ EPILOG = """examples:
   pass-jax eval humaneval --limit 20                       # pass@1 of ar and pass, paper sampling
   pass-jax eval humaneval --num-samples 10 --k 1,5,10 --json humaneval.json
   pass-jax eval humaneval --modes pass --temperature 0     # greedy PaSS only
+
+Instruct models (the bundled SmolLM2-135M-Instruct) close a raw HumanEval prompt at once, so by
+default a model with a chat template gets the problem as a chat message and its reply opens with a
+```python fence; the reply's code is run after the prompt. --prompt-style raw forces plain
+continuation (for base models).
 
 pass@k uses the unbiased estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k) per problem,
 averaged over problems. Completions execute in subprocesses (see `pass_jax.humaneval`: this is
@@ -99,10 +111,36 @@ def load_problems(path: str | Path | None = None, limit: int | None = None) -> l
     return problems[:limit]
 
 
-def truncate_completion(text: str) -> str:
-    """Cut a completion at the first stop sequence: the function body ends where top-level code starts."""
-    cut = min((i for i in (text.find(stop) for stop in STOP_SEQUENCES) if i >= 0), default=len(text))
+def truncate_completion(text: str, style: str = "raw") -> str:
+    """Cut a completion at the first stop sequence: for raw prompts the function body ends where
+    top-level code starts; a chat reply ends with its code block (or at top-level test code)."""
+    stops = CHAT_STOP_SEQUENCES if style == "chat" else STOP_SEQUENCES
+    cut = min((i for i in (text.find(stop) for stop in stops) if i >= 0), default=len(text))
     return text[:cut]
+
+
+def resolve_prompt_style(tokenizer, requested: str) -> str:
+    """auto -> chat when the tokenizer has a chat template, else raw."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "chat" and not has_template:
+        raise HumanEvalError("--prompt-style chat: this model's tokenizer has no chat template; use raw")
+    if requested == "auto":
+        return "chat" if has_template else "raw"
+    return requested
+
+
+def model_prompt(problem: dict[str, Any], style: str, tokenizer=None) -> str:
+    """The text the model continues for one problem."""
+    if style == "raw":
+        return problem["prompt"]
+    messages = [{"role": "user", "content": f"{CHAT_INSTRUCTION}\n\n```python\n{problem['prompt']}```"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + CODE_FENCE
+
+
+def fence_stop_ids(tokenizer) -> tuple[int, ...]:
+    """The closing-fence token, when ``` is one token, so a chat reply stops after its code."""
+    ids = tokenizer("```", add_special_tokens=False)["input_ids"]
+    return tuple(ids) if len(ids) == 1 else ()
 
 
 # --- execution ----------------------------------------------------------------------------------
@@ -242,6 +280,7 @@ class EvalSettings:
     modes: tuple[str, ...] = MODES
     num_lookahead: int = 4
     lookahead: str = "default"
+    prompt_style: str = "auto"
     num_samples: int = 1
     ks: tuple[int, ...] = (1,)
     max_new_tokens: int = 256
@@ -254,6 +293,8 @@ class EvalSettings:
     def __post_init__(self):
         if not self.modes or set(self.modes) - set(MODES):
             raise HumanEvalError(f"--modes takes a comma list of {', '.join(MODES)}, got {','.join(self.modes)!r}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise HumanEvalError(f"--prompt-style must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt_style!r}")
         for mode in self.modes:
             check_settings(mode, self.num_lookahead, self.max_new_tokens)
         if self.num_samples < 1:
@@ -276,12 +317,14 @@ def sample_completions(model, problems: Sequence[dict[str, Any]], mode: str, set
     Every mode uses the same seeds; the samples of one problem differ because each batch row
     draws its own tokens.
     """
+    style = resolve_prompt_style(model.tokenizer, settings.prompt_style)
     generator = Generator(model, mode=mode, num_lookahead=settings.num_lookahead,
                           lookahead=settings.lookahead, domain="code",
                           max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
-                          batch_size=settings.batch_size)
+                          batch_size=settings.batch_size,
+                          stop_ids=fence_stop_ids(model.tokenizer) if style == "chat" else ())
     n = settings.num_samples
-    prompts = [problem["prompt"] for problem in problems for _ in range(n)]
+    prompts = [model_prompt(problem, style, model.tokenizer) for problem in problems for _ in range(n)]
     results, summary = generator.generate(prompts, seed=settings.seed, progress=progress)
     texts = [r.text for r in results]
     summary["lookahead_source"] = generator.lookahead_source
@@ -291,13 +334,15 @@ def sample_completions(model, problems: Sequence[dict[str, Any]], mode: str, set
 def evaluate(model, problems: Sequence[dict[str, Any]], settings: EvalSettings,
              progress: bool = False) -> dict[str, Any]:
     """Generate, execute and score every mode; returns the JSON report."""
-    report: dict[str, Any] = {"settings": settings.to_json(), "problems": len(problems), "modes": {},
-                              "comparison": None, "samples": []}
+    style = resolve_prompt_style(getattr(model, "tokenizer", None), settings.prompt_style)
+    report: dict[str, Any] = {"settings": settings.to_json(), "prompt_style": style, "problems": len(problems),
+                              "modes": {}, "comparison": None, "samples": []}
     passed_by_mode = {}
     for mode in settings.modes:
         raw, summary = sample_completions(model, problems, mode, settings, progress)
         generated = [text for texts in raw for text in texts]
-        jobs = [(problem, truncate_completion(text)) for problem, texts in zip(problems, raw) for text in texts]
+        jobs = [(problem, truncate_completion(text, style)) for problem, texts in zip(problems, raw)
+                for text in texts]
         results = check_all(jobs, settings.timeout, settings.workers, progress)
         passed = np.asarray([r.passed for r in results]).reshape(len(problems), settings.num_samples)
         passed_by_mode[mode] = passed
@@ -341,7 +386,8 @@ def default_ks(num_samples: int) -> tuple[int, ...]:
 
 def settings_from_args(args) -> EvalSettings:
     return EvalSettings(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
-                        num_lookahead=args.num_lookahead, lookahead=args.lookahead, num_samples=args.num_samples,
+                        num_lookahead=args.num_lookahead, lookahead=args.lookahead,
+                        prompt_style=args.prompt_style, num_samples=args.num_samples,
                         ks=parse_int_list(args.k, "--k") if args.k else default_ks(args.num_samples),
                         max_new_tokens=args.max_new_tokens,
                         sampling=sampling_from_args(args), batch_size=args.batch_size, seed=args.seed,
@@ -381,6 +427,10 @@ def register(subparsers) -> None:
     parser.add_argument("--lookahead", default="default", metavar="{default,code,text,none,PATH}",
                         help="look-ahead vectors: default (the shipped code vectors for the bundled model), "
                              "none (untrained), or a path")
+    parser.add_argument("--prompt-style", default="auto", choices=PROMPT_STYLES,
+                        help="raw: the model continues the HumanEval prompt; chat: the prompt goes into the "
+                             "model's chat template and the reply's code block is run; auto (default): chat "
+                             "when the tokenizer has a chat template (the bundled SmolLM2-Instruct does)")
     parser.add_argument("--num-samples", "-n", type=int, default=1, help="samples per problem (default 1)")
     parser.add_argument("--k", default=None, metavar="K1,K2,...", help="pass@k values, each <= --num-samples "
                         "(default: those of 1, 10, 100 that are <= --num-samples)")

@@ -240,3 +240,20 @@ def test_prompts_in_one_bucket_compile_once(tiny_lm):
     decode_compiles = len(generator._compiled)
     assert decode_compiles == 1
     assert len(compiles) <= 3, compiles  # the decode loop plus at most a couple of tiny helper ops
+
+
+@pytest.mark.parametrize("mode", ["ar", "pass"])
+def test_stop_ids_end_a_row_at_that_token(tiny_lm, mode):
+    """A stop token ends the row where it first appears, inclusive, as EOS does; the tokens before it
+    are those of the run without stops (greedy)."""
+    config, params = tiny_lm
+    model = LoadedModel(config, params, _ByteTokenizer(), "tiny")
+    settings = dict(mode=mode, num_lookahead=3, lookahead=lookahead_lib.init_random(config, 3, jax.random.key(0)),
+                    max_new_tokens=24, sampling=GREEDY)
+    prompt = [list(range(1, 20))]
+    state, _ = Generator(model, **settings).generate_ids(prompt)
+    free = [int(t) for t in state.tokens[0, 19:int(state.lengths[0])]]
+    stop = free[5]
+    state, _ = Generator(model, **settings, stop_ids=(stop,)).generate_ids(prompt)
+    stopped = [int(t) for t in state.tokens[0, 19:int(state.lengths[0])]]
+    assert stopped == free[:free.index(stop) + 1] and len(stopped) < len(free)

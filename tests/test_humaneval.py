@@ -148,3 +148,39 @@ def test_sample_completions_with_a_tiny_model(make_hf_llama, tmp_path):
     assert len(completions) == 2 and all(len(texts) == 2 for texts in completions)
     assert all(isinstance(text, str) for texts in completions for text in texts)
     assert summary["new_tokens"] > 0 and summary["lookahead_source"].startswith("untrained")
+
+
+def test_chat_style_prompt_and_truncation(problems):
+    """A chat reply (imports, a helper, the function, then prose) runs after the prompt and passes."""
+    class Template:
+        chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    problem = problems[0]
+    prompt = he.model_prompt(problem, "chat", Template())
+    assert prompt.startswith("<user>" + he.CHAT_INSTRUCTION) and problem["prompt"] in prompt
+    assert prompt.endswith("<assistant>" + he.CODE_FENCE)
+    assert he.model_prompt(problem, "raw") == problem["prompt"]
+    body = problem["canonical_solution"]
+    reply = (f"import math\n\n\ndef helper():\n    return 1\n\n\n{problem['prompt']}{body}```\n\n"
+             "This function checks every pair.\n```python\nprint(1)\n```")
+    completion = he.truncate_completion(reply, "chat")
+    assert completion.endswith(body) and "```" not in completion
+    assert he.check_completion(problem, completion, timeout=TIMEOUT).passed
+    # the raw stop sequences would have cut the reply before the function
+    assert not he.check_completion(problem, he.truncate_completion(reply, "raw"), timeout=TIMEOUT).passed
+    assert he.truncate_completion("    return 2\nif __name__ == '__main__':\n    f()", "chat") == "    return 2"
+
+
+def test_prompt_style_resolution():
+    class WithTemplate:
+        chat_template = "{{ messages }}"
+
+    assert he.resolve_prompt_style(WithTemplate(), "auto") == "chat"
+    assert he.resolve_prompt_style(object(), "auto") == "raw"
+    assert he.resolve_prompt_style(WithTemplate(), "raw") == "raw"
+    with pytest.raises(he.HumanEvalError, match="no chat template"):
+        he.resolve_prompt_style(object(), "chat")

@@ -236,3 +236,23 @@ def test_cli_run_writes_vectors_and_metrics(tmp_path, capsys):
     splits = [json.loads(line)["split"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert splits[0] == "eval" and "train" in splits and splits[-1] == "eval"
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["lookahead"] == str(run_dir / "lookahead.npz")
+
+
+def test_init_starts_from_exported_vectors(params, mesh, tmp_path):
+    """train.init: a run continues from exported vectors (the first L of them); a wrong d_emb or too
+    few steps is a clear error."""
+    from pass_jax import lookahead as lookahead_lib
+
+    exported = np.random.default_rng(0).normal(size=(L + 2, CONFIG.hidden_size)).astype(np.float32)
+    lookahead_lib.save(tmp_path / "start.npz", exported)
+    t = run_config(tmp_path, init=str(tmp_path / "start.npz")).train
+    state = loop.init_state(tiny_model(params), t, mesh)
+    np.testing.assert_array_equal(np.array(state["lookahead"]), exported[:L])
+    state, _ = loop.make_train_step(CONFIG, t)(params, state, jnp.asarray(periodic_data(4).sequences))
+    assert not np.array_equal(np.array(state["lookahead"]), exported[:L])
+    lookahead_lib.save(tmp_path / "narrow.npz", exported[:, :8])
+    with pytest.raises(loop.PassJaxError, match=r"needs \[L, 64\]"):
+        loop.init_state(tiny_model(params), run_config(tmp_path, init=str(tmp_path / "narrow.npz")).train, mesh)
+    lookahead_lib.save(tmp_path / "short.npz", exported[:1])
+    with pytest.raises(loop.PassJaxError, match="hold 1 look-ahead steps"):
+        loop.init_state(tiny_model(params), run_config(tmp_path, init=str(tmp_path / "short.npz")).train, mesh)

@@ -76,7 +76,8 @@ class DataSection:
 class TrainSection:
     """num_lookahead: L; batch_size: global rows per step; anchors_per_seq: look-ahead groups per
     row; loss: ce | distill (see train.losses); steps, lr, warmup: the warmup-cosine schedule;
-    clip: global gradient norm; eval_every/eval_batches, checkpoint_every/keep: schedules, in steps."""
+    clip: global gradient norm; eval_every/eval_batches, checkpoint_every/keep: schedules, in steps;
+    init: start from exported vectors (a look-ahead .npz) instead of the untrained ones."""
 
     num_lookahead: int = 8
     batch_size: int = 8
@@ -93,6 +94,7 @@ class TrainSection:
     eval_batches: int = 8
     checkpoint_every: int = 100
     keep: int = 3
+    init: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,12 +300,22 @@ def make_optimizer(t: TrainSection) -> optax.GradientTransformation:
 
 
 def init_state(model: LoadedModel, t: TrainSection, mesh) -> dict:
-    """Step 0: untrained vectors (mean embedding + noise), kept in float32 whatever the model dtype.
+    """Step 0: untrained vectors (mean embedding + noise), or those of `t.init`, kept in float32
+    whatever the model dtype.
 
     Built under jit straight into replicated arrays, which also works when the embedding is
     sharded across hosts."""
+    start = None
+    if t.init:
+        start = lookahead_lib.load(t.init, model.config)
+        lookahead_lib.check(start, model.config, t.num_lookahead, f"train.init={t.init}")
+        start = np.asarray(start[:t.num_lookahead], np.float32)
+
     def init(embedding):
-        vectors = lookahead_lib.init_untrained({"embedding": embedding}, t.num_lookahead, _keys(t.seed)[0])
+        if start is None:
+            vectors = lookahead_lib.init_untrained({"embedding": embedding}, t.num_lookahead, _keys(t.seed)[0])
+        else:
+            vectors = jnp.asarray(start)
         vectors = vectors.astype(jnp.float32)
         return {"step": jnp.zeros((), jnp.int32), "lookahead": vectors, "opt_state": make_optimizer(t).init(vectors)}
 
