@@ -69,6 +69,7 @@ class BenchSettings:
     transformers: bool = True
     prompt_lookup_num_tokens: int = 10
     roofline: bool = True  # measure bandwidth after the runs and relate the AR step to it
+    call_costs: bool = True  # time one decode call per width, to predict PaSS from its acceptance
 
     def __post_init__(self):
         if not self.num_lookahead:
@@ -356,6 +357,7 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
            "tokens_per_s_max": max(speeds), "tokens_per_s_rounds": speeds,
            "ratio_vs_ar": None, "ratio_vs_transformers_greedy": None,
            "tokens_per_call": None, "calls_per_token": None, "mean_accepted": None,
+           "predicted_ratio_vs_ar": None, "predicted_ratio_equal_call_cost": None,
            "position_acceptance": None, "tokens_per_iteration_hist": None,
            "compile_s": method.compile_s, "peak_host_mb": peak_mb, "peak_device_mb": device_mb}
     if results[0].stats is None:
@@ -420,6 +422,57 @@ def roofline(model, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "ar_step_over_roofline": step_ms / (weight_bytes / best / 1e6)}
 
 
+def measure_call_costs(model, widths: Sequence[int], batch_size: int = 1, context: int = 256,
+                       repeats: int = 7) -> dict[str, Any]:
+    """Milliseconds of one cached decode call per input width (1 for AR, L+1 for PaSS), timed in
+    rotated order, and each relative to width 1.
+
+    PaSS makes two width-(L+1) calls per iteration where AR makes one width-1 call per token, so
+    tokens_per_call / relative[L+1] predicts its speed ratio from acceptance alone: on an
+    accelerator where wider calls cost about the same, relative ~ 1; on a CPU they do not.
+    """
+    import jax.numpy as jnp
+
+    from .model import causal_mask, forward, init_cache
+
+    config = model.config
+    length = 2 * context
+
+    def call(params, tokens, cache, index):
+        width = tokens.shape[1]
+        positions = index[:, None] + jnp.arange(width)[None]
+        return forward(params, config, tokens, positions, causal_mask(index, width, length), cache, index)
+
+    call = jax.jit(call, donate_argnums=2)
+    widths = sorted({1, *widths})
+    index = jnp.full((batch_size,), context, jnp.int32)
+    caches, times = {}, {w: [] for w in widths}
+    for width in widths:  # compile and warm up
+        logits, caches[width] = call(model.params, jnp.ones((batch_size, width), jnp.int32),
+                                     init_cache(config, batch_size, length), index)
+        logits.block_until_ready()
+    for repeat in range(repeats):
+        shift = repeat % len(widths)
+        for width in [*widths[shift:], *widths[:shift]]:
+            start = time.perf_counter()
+            logits, caches[width] = call(model.params, jnp.ones((batch_size, width), jnp.int32), caches[width], index)
+            logits.block_until_ready()
+            times[width].append(time.perf_counter() - start)
+    ms = {str(w): 1000 * statistics.median(t) for w, t in times.items()}
+    return {"batch_size": batch_size, "context": context, "ms": ms,
+            "relative": {w: value / ms["1"] for w, value in ms.items()}}
+
+
+def add_predictions(rows: list[dict[str, Any]], costs: dict[str, Any]) -> None:
+    """For each PaSS row: the speed ratio its acceptance predicts at this machine's call costs,
+    and at equal call costs (the memory-bound regime of the paper)."""
+    for row in rows:
+        if row["method"] == PASS and row["tokens_per_call"]:
+            relative = costs["relative"][str(row["num_lookahead"] + 1)]
+            row["predicted_ratio_vs_ar"] = row["tokens_per_call"] / relative
+            row["predicted_ratio_equal_call_cost"] = row["tokens_per_call"]
+
+
 def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, progress: bool = False,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark every method on `prompts` ({domain: [prompt, ...]}) with an already-loaded model.
@@ -462,12 +515,17 @@ def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, 
     rows = [summarize_method(method, domain, results[i], peaks[i], device_mb, len(prompts[domain]))
             for i, (domain, method) in enumerate(units)]
     add_ratios(rows)
+    costs = None
+    if settings.call_costs:
+        costs = measure_call_costs(model, [l + 1 for l in settings.num_lookahead], settings.batch_size)
+        add_predictions(rows, costs)
     notes.append("peak_host_mb is the process-wide peak resident memory when the row's last run ended "
                  "(it only grows); peak_device_mb is the device peak over the whole bench")
     return {"machine": machine_info(),
             "settings": {**settings.to_json(), "domains": {d: len(p) for d, p in prompts.items()},
                          "model": model.source, "torch_threads": os.cpu_count()},
-            "notes": notes, "runs": rows, "roofline": roofline(model, rows) if settings.roofline else None}
+            "notes": notes, "runs": rows, "call_costs": costs,
+            "roofline": roofline(model, rows) if settings.roofline else None}
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -486,6 +544,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{r['tokens_per_s']:.1f} [{r['tokens_per_s_min']:.1f}, {r['tokens_per_s_max']:.1f}] | "
             f"{_fmt(r['ratio_vs_ar'])} | {_fmt(r['ratio_vs_transformers_greedy'])} | {_fmt(r['tokens_per_call'])} | "
             f"{_fmt(r['mean_accepted'])} | {_fmt(r['compile_s'], 1)} | {_fmt(r['peak_host_mb'], 0)} |")
+    return "\n".join(lines)
+
+
+def call_cost_table(report: dict[str, Any]) -> str:
+    """Per L: the measured cost of a width-(L+1) call and the ratio PaSS's acceptance predicts."""
+    costs = report["call_costs"]
+    lines = [f"decode call cost by width (batch {costs['batch_size']}, {costs['context']} cached tokens): "
+             f"width 1 = {costs['ms']['1']:.1f} ms",
+             "", "| domain | L | call width | × width-1 cost | tok/call | predicted × ar | measured × ar | "
+             "× ar at equal call cost |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        if r["predicted_ratio_vs_ar"] is not None:
+            width = r["num_lookahead"] + 1
+            lines.append(f"| {r['domain']} | {r['num_lookahead']} | {width} | {costs['relative'][str(width)]:.2f} | "
+                         f"{r['tokens_per_call']:.2f} | {r['predicted_ratio_vs_ar']:.2f} | {_fmt(r['ratio_vs_ar'])} | "
+                         f"{r['predicted_ratio_equal_call_cost']:.2f} |")
     return "\n".join(lines)
 
 
@@ -576,6 +650,8 @@ def cmd_bench(args) -> int:
         print(f"\nroofline: {r['weight_bytes'] / 1e6:.0f} MB of weights per step; bandwidth {r['reduction_gb_s']:.1f} GB/s "
               f"(reduction), {r['matvec_gb_s']:.1f} GB/s (matvec); AR step {r['ar_step_ms']:.1f} ms = "
               f"{r['ar_step_over_roofline']:.2f}x the {r['roofline_step_ms']:.1f} ms roofline", flush=True)
+    if report["call_costs"]:
+        print("\n" + call_cost_table(report), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         _log(f"wrote {args.json}")

@@ -14,7 +14,8 @@ from pass_jax.sampling import SamplingConfig
 ROW_KEYS = {"domain", "method", "backend", "decoding", "num_lookahead", "lookahead_source", "batch_size", "prompts",
             "rounds", "new_tokens", "wall_s", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
             "tokens_per_s_rounds", "ratio_vs_ar", "ratio_vs_transformers_greedy", "tokens_per_call",
-            "calls_per_token", "mean_accepted", "position_acceptance", "tokens_per_iteration_hist", "compile_s",
+            "calls_per_token", "mean_accepted", "predicted_ratio_vs_ar", "predicted_ratio_equal_call_cost",
+            "position_acceptance", "tokens_per_iteration_hist", "compile_s",
             "peak_host_mb", "peak_device_mb"}
 MACHINE_KEYS = {"cpu", "cores", "jax", "jaxlib", "transformers", "torch", "backend", "device_kind"}
 PROMPTS = {"text": ["the quick brown fox jumps over", "parallel speculative sampling drafts several"],
@@ -150,3 +151,19 @@ def test_roofline_relates_ar_step_to_bandwidth(report, tiny_model):
     assert r["ar_step_ms"] == pytest.approx(1000 / ar["tokens_per_s"])
     assert r["ar_step_over_roofline"] == pytest.approx(
         r["ar_step_ms"] / (r["weight_bytes"] / max(r["reduction_gb_s"], r["matvec_gb_s"]) / 1e6))
+
+
+def test_call_costs_predict_pass_from_its_acceptance(report):
+    """Widths 1 and L+1 are timed; each PaSS row's prediction is its tokens/call over that cost."""
+    costs = report["call_costs"]
+    assert set(costs["ms"]) == {"1", "2", "4"} and all(ms > 0 for ms in costs["ms"].values())
+    assert costs["relative"]["1"] == pytest.approx(1.0)
+    for row in report["runs"]:
+        if row["method"] == PASS:
+            relative = costs["relative"][str(row["num_lookahead"] + 1)]
+            assert row["predicted_ratio_vs_ar"] == pytest.approx(row["tokens_per_call"] / relative)
+            assert row["predicted_ratio_equal_call_cost"] == row["tokens_per_call"]
+        else:
+            assert row["predicted_ratio_vs_ar"] is None
+    table = bench.call_cost_table(report)
+    assert table.count("\n| text |") == 2 and table.count("\n| code |") == 2
