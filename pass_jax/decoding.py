@@ -191,6 +191,28 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     return DecodeState(tokens, lengths, cache, key, done, stats)
 
 
+def _step_fn(params, lookahead, prompt_lengths, spec: DecodeSpec):
+    if spec.mode == "pass":
+        return lambda s: _pass_step(params, lookahead, s, prompt_lengths, spec)
+    return lambda s: _ar_step(params, s, prompt_lengths, spec)
+
+
+def decode_steps(params, lookahead, state: DecodeState, prompt_lengths, max_steps, spec: DecodeSpec) -> DecodeState:
+    """Continue a decode for at most `max_steps` loop iterations, or until every row is done.
+
+    `max_steps` is data (an int32 scalar), so streaming in chunks reuses one compilation.
+    """
+    step = _step_fn(params, lookahead, prompt_lengths, spec)
+
+    def body(carry):
+        s, i = carry
+        return step(s), i + 1
+
+    state, _ = lax.while_loop(lambda c: ~jnp.all(c[0].done) & (c[1] < max_steps), body,
+                              (state, jnp.zeros((), jnp.int32)))
+    return state
+
+
 def decode(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
     """The whole generation: prefill, then one `lax.while_loop` until every row is done.
 
@@ -198,11 +220,11 @@ def decode(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSp
     prompts of any length within a bucket reuse one compilation.
     """
     state = prefill(params, prompt_tokens, prompt_lengths, key, spec)
-    if spec.mode == "pass":
-        step = lambda s: _pass_step(params, lookahead, s, prompt_lengths, spec)  # noqa: E731
-    else:
-        step = lambda s: _ar_step(params, s, prompt_lengths, spec)  # noqa: E731
+    step = _step_fn(params, lookahead, prompt_lengths, spec)
     return lax.while_loop(lambda s: ~jnp.all(s.done), step, state)
 
 
 decode_jit = jax.jit(decode, static_argnames=("spec",))
+# Streaming: prefill once, then `decode_steps_jit` in chunks, reading the committed tokens between them.
+prefill_jit = jax.jit(prefill, static_argnames=("spec",))
+decode_steps_jit = jax.jit(decode_steps, static_argnames=("spec",), donate_argnames=("state",))
