@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import lookahead as lookahead_lib
 from .config import LlamaConfig
 from .model import Cache, causal_mask, forward, init_cache
 from .sampling import SamplingConfig, probabilities, sample, verify
@@ -158,12 +159,9 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     # 1. Drafting call: [x_n, LA_1..LA_L].
     x_n = jnp.take_along_axis(state.tokens, n_minus_1[:, None], axis=1)
     draft_inputs = jnp.concatenate([x_n, jnp.zeros((batch, num_l), jnp.int32)], axis=1)
-    la_embeds = jnp.broadcast_to(
-        jnp.concatenate([jnp.zeros_like(lookahead[:1]), lookahead[:num_l]])[None], (batch, width, lookahead.shape[-1]))
-    is_lookahead = jnp.broadcast_to(offsets > 0, (batch, width))
     logits, cache = forward(params, spec.config, draft_inputs, n_minus_1[:, None] + offsets,
                             causal_mask(n_minus_1, width, length), state.cache, n_minus_1,
-                            input_embeds=la_embeds, embeds_mask=is_lookahead)
+                            **lookahead_lib.forward_inputs(lookahead, jnp.broadcast_to(offsets, (batch, width))))
     draft_probs = probabilities(logits, spec.sampling)  # [B, L+1, V]: p(.|x_1..x_n), q_1..q_L
     d = sample(key_draft, draft_probs)                   # d_1..d_{L+1}
 

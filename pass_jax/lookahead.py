@@ -80,6 +80,17 @@ def load(path: str | Path, config: LlamaConfig) -> jax.Array:
     return jnp.asarray(check(vectors, config, where=str(path)), config.jnp_param_dtype)
 
 
+def forward_inputs(lookahead, step_index) -> dict:
+    """`forward` keyword arguments that put look-ahead vectors at the slots where step_index > 0.
+
+    step_index int [B, T]: 0 for a real token, i for [LA]_i (1-based). Real tokens see exactly the
+    base model. Every decode variant and the training loss build their inputs through this one
+    function, so a new look-ahead parametrisation only has to extend it.
+    """
+    vectors = jnp.concatenate([jnp.zeros_like(lookahead[:1]), lookahead])  # row 0: unused for real tokens
+    return {"input_embeds": vectors[step_index], "embeds_mask": step_index > 0}
+
+
 def bundled_path(domain: str = "text") -> Path:
     return BUNDLED_DIR / f"smollm2-135m-{domain}.npz"
 
