@@ -110,7 +110,7 @@ def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeS
     return tokens, lengths, done, n
 
 
-def prefill(params, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
+def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
     """Run the whole padded prompt in one call and sample the first new token from its last position."""
     batch, width = prompt_tokens.shape
     length = spec.buffer_length(width)
@@ -217,7 +217,7 @@ def decode(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSp
     prompt_tokens [B, P] are right-padded to a bucket width P; prompt_lengths [B] are data, so
     prompts of any length within a bucket reuse one compilation.
     """
-    state = prefill(params, prompt_tokens, prompt_lengths, key, spec)
+    state = prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec)
     step = _step_fn(params, lookahead, prompt_lengths, spec)
     return lax.while_loop(lambda s: ~jnp.all(s.done), step, state)
 
