@@ -1,28 +1,41 @@
 """One jitted `lax.while_loop` for autoregressive and PaSS decoding, with static shapes.
 
 Notation follows `shared/pass-algorithm.md`. At the start of an iteration tokens[:, :n] are
-committed, the cache holds positions 0..n-2, and x_n = tokens[:, n-1] is pending. PaSS runs two
-calls of fixed width L+1 per iteration:
-  drafting   [x_n, LA_1..LA_L] at positions n-1..n-1+L   -> d_1 ~ p, d_{i+1} ~ q_i
-  validation [d_1..d_{L+1}]    at positions n..n+L       -> p_1..p_{L+1}, accept/reject
+committed, the cache holds positions 0..n-2, and x_n = tokens[:, n-1] is pending.
+
+PaSS with `calls=2` (the paper) runs two calls per iteration:
+  drafting   [x_n, LA_1..LA_L] at positions n-1..n-1+L   -> d_1 ~ p, drafts from q_1..q_L
+  validation [d_1, the draft tree]                         -> p at every node, accept/reject
 and commits d_1, the A accepted drafts and one replacement or bonus token (A + 2 tokens).
-Lengths are per-row data: every row accepts its own A; finished rows stop committing.
+
+PaSS with `calls=1` validates and drafts in the same call:
+  [x_n, the draft tree, one look-ahead group LA_1..LA_L after every node]
+The tree's drafts came from the previous call. Each group sees the prefix up to its node and itself,
+as in training; after the walk accepts A drafts, the group at the last accepted node drafts the next
+tree. Those drafts never see the replacement/bonus token r, so q does not depend on r and the rule
+stays exact. Each call commits A + 1 tokens; the prefill drafts the first tree.
+
+A draft tree (`draft_tree`, see `draft_tree.py`) has K_d candidates at depth d; the default is the
+chain (1,)*L. Lengths are per-row data: every row accepts its own A; finished rows stop committing.
 """
 from __future__ import annotations
 
 from .errors import PassJaxError
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import lookahead as lookahead_lib
 from .config import LlamaConfig
-from .model import Cache, causal_mask, forward, init_cache
-from .sampling import SamplingConfig, probabilities, sample, verify
+from .draft_tree import DraftTree
+from .model import Cache, causal_mask, forward, gather_positions, init_cache, lm_head, write_cache
+from .sampling import SamplingConfig, draft_candidates, probabilities, sample, verify
 
 MODES = ("ar", "pass")
 
@@ -31,7 +44,11 @@ class DecodeError(PassJaxError):
     """Decoding settings that cannot run."""
 
 
-def check_settings(mode: str, num_lookahead: int, max_new_tokens: int) -> None:
+CALLS = (1, 2)
+
+
+def check_settings(mode: str, num_lookahead: int, max_new_tokens: int, calls: int = 2,
+                   draft_tree: tuple[int, ...] = ()) -> None:
     """Validate user-facing decode settings (also called by the CLI before loading a model)."""
     if mode not in MODES:
         raise DecodeError(f"mode must be one of {MODES}, got {mode!r}")
@@ -39,6 +56,16 @@ def check_settings(mode: str, num_lookahead: int, max_new_tokens: int) -> None:
         raise DecodeError(f"PaSS needs at least one look-ahead step (--num-lookahead >= 1), got {num_lookahead}")
     if max_new_tokens < 1:
         raise DecodeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if calls not in CALLS:
+        raise DecodeError(f"calls must be 1 (validate and draft in one call) or 2 (the paper), got {calls}")
+    if draft_tree:
+        try:
+            DraftTree(tuple(draft_tree))
+        except ValueError as err:
+            raise DecodeError(str(err)) from None
+        if mode == "pass" and len(draft_tree) != num_lookahead:
+            raise DecodeError(f"draft tree {','.join(map(str, draft_tree))} has {len(draft_tree)} depths but "
+                              f"--num-lookahead is {num_lookahead}; they must match")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,22 +79,66 @@ class DecodeSpec:
     sampling: SamplingConfig = SamplingConfig()
     eos_ids: tuple[int, ...] = ()
     cache_sharding: Any = None  # NamedSharding for each cache array, or None
+    calls: int = 2              # PaSS model calls per iteration: 2 (draft, then validate) or 1 (both at once)
+    draft_tree: tuple[int, ...] = ()  # candidates per look-ahead depth; () is the chain (1,) * num_lookahead
 
     def __post_init__(self):
-        check_settings(self.mode, self.num_lookahead, self.max_new_tokens)
+        check_settings(self.mode, self.num_lookahead, self.max_new_tokens, self.calls, self.draft_tree)
+
+    @property
+    def tree(self) -> DraftTree:
+        return DraftTree(tuple(self.draft_tree) or (1,) * self.num_lookahead)
+
+    @property
+    def single_call(self) -> bool:
+        return self.mode == "pass" and self.calls == 1
 
     @property
     def width(self) -> int:
-        """Fixed input width of one decode call."""
-        return self.num_lookahead + 1 if self.mode == "pass" else 1
+        """The widest decode call."""
+        if self.mode != "pass":
+            return 1
+        nodes = self.tree.num_nodes + 1
+        return nodes * (self.num_lookahead + 1) if self.calls == 1 else max(self.num_lookahead + 1, nodes)
 
     @property
     def stat_lookahead(self) -> int:
         return self.num_lookahead if self.mode == "pass" else 0
 
     def buffer_length(self, prompt_width: int) -> int:
-        # room for the prompt, the budget, and one iteration's overshoot (A + 2 <= L + 2 tokens)
+        # room for the prompt, the budget, and one call written past the last committed token
         return prompt_width + self.max_new_tokens + self.width + 1
+
+
+@functools.lru_cache(maxsize=None)
+def _validation_layout(tree: DraftTree, group_size: int):
+    """The validation call's static layout: nodes 0..N, then (with groups) L look-ahead slots per node.
+
+    Returns numpy (position offsets [W], look-ahead steps [W], visible [W, W]): the RoPE position
+    relative to the root, 0 for tokens or i for [LA]_i, and which in-call slots each slot attends to.
+    """
+    nodes = tree.num_nodes + 1
+    depth, ancestors = tree.node_depth, tree.ancestors
+    offsets, steps = list(depth), [0] * nodes
+    visible = np.zeros((nodes * (1 + group_size),) * 2, bool)
+    visible[:nodes, :nodes] = ancestors
+    for node in range(nodes if group_size else 0):
+        first = nodes + node * group_size
+        for i in range(group_size):
+            offsets.append(depth[node] + 1 + i)
+            steps.append(1 + i)
+            visible[first + i, :nodes] = ancestors[node]
+            visible[first + i, first:first + i + 1] = True
+    return np.asarray(offsets, np.int32), np.asarray(steps, np.int32), visible
+
+
+def _call_mask(base, visible, length: int):
+    """bool [B, W, length]: every valid cache slot before `base`, plus the in-call slots `visible` allows."""
+    width = visible.shape[0]
+    rel = jnp.arange(length)[None, :] - base[:, None]  # [B, S]
+    in_call = jnp.take(jnp.asarray(visible), jnp.clip(rel, 0, width - 1), axis=1)  # [W, B, S]
+    in_call = in_call & ((rel >= 0) & (rel < width))[None]
+    return (rel < 0)[:, None, :] | jnp.moveaxis(in_call, 0, 1)
 
 
 class DecodeStats(NamedTuple):
@@ -85,10 +156,14 @@ class DecodeState(NamedTuple):
     key: jax.Array
     done: jax.Array     # [B]
     stats: DecodeStats
+    drafts: jax.Array   # [B, N] the next call's draft tree (single-call PaSS; [B, 0] otherwise)
+    draft_q: jax.Array  # [B, L, V] the distributions those drafts were drawn from ([B, 0, 0] otherwise)
 
 
 def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeSpec):
-    """Append new_tokens[:, :count] per row, cut at EOS and at the budget; finished rows skip."""
+    """Append new_tokens[:, :count] per row, cut at EOS and at the budget; finished rows skip.
+
+    Returns (the state with tokens, lengths and done updated, the number of tokens each row took)."""
     width = new_tokens.shape[1]
     idx = jnp.arange(width)[None, :]
     budget_left = spec.max_new_tokens - (state.lengths - prompt_lengths)
@@ -107,31 +182,56 @@ def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeS
     tokens = jnp.where(state.done[:, None], state.tokens, tokens)
     lengths = state.lengths + n
     done = state.done | hit_eos | (lengths - prompt_lengths >= spec.max_new_tokens)
-    return tokens, lengths, done, n
+    return state._replace(tokens=tokens, lengths=lengths, done=done), n
+
+
+def _prefill_inputs(prompt_tokens, prompt_lengths, num_groups: int, length: int):
+    """The prompt, then (single-call PaSS) one look-ahead group anchored at each row's last token.
+
+    Returns (ids, positions, look-ahead steps, mask [B, P+L, length], logits index [B, 1+L])."""
+    batch, width = prompt_tokens.shape
+    steps = jnp.arange(1, num_groups + 1, dtype=jnp.int32)
+    ids = jnp.concatenate([prompt_tokens, jnp.zeros((batch, num_groups), jnp.int32)], axis=1)
+    positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width)),
+                                 prompt_lengths[:, None] - 1 + steps], axis=1)
+    la_steps = jnp.broadcast_to(jnp.concatenate([jnp.zeros(width, jnp.int32), steps]), ids.shape)
+    slot, query = jnp.arange(length)[None, None, :], jnp.arange(width + num_groups)[None, :, None]
+    # a group sees the row's real prompt tokens and itself, causally; tokens see the causal prefix
+    group_sees = (slot < prompt_lengths[:, None, None]) | ((slot >= width) & (slot <= query))
+    mask = jnp.where(query >= width, group_sees, slot <= query)
+    logits_index = jnp.concatenate([prompt_lengths[:, None] - 1, jnp.broadcast_to(width - 1 + steps, (batch, num_groups))],
+                                   axis=1)
+    return ids, positions, la_steps, mask, logits_index
 
 
 def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
-    """Run the whole padded prompt in one call and sample the first new token from its last position."""
+    """Run the whole padded prompt in one call and sample the first new token from its last position.
+
+    Single-call PaSS also drafts the first tree here, from a look-ahead group after the prompt."""
     batch, width = prompt_tokens.shape
     length = spec.buffer_length(width)
     cache = init_cache(spec.config, batch, length)
     if spec.cache_sharding is not None:
         cache = lax.with_sharding_constraint(cache, jax.tree.map(lambda _: spec.cache_sharding, cache))
-    zeros = jnp.zeros((batch,), jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
-    logits, cache = forward(params, spec.config, prompt_tokens, positions, causal_mask(zeros, width, length),
-                            cache, zeros, logits_index=prompt_lengths - 1)
-    key, sub = jax.random.split(key)
-    first = sample(sub, probabilities(logits, spec.sampling))
+    groups = spec.num_lookahead if spec.single_call else 0
+    ids, positions, la_steps, mask, logits_index = _prefill_inputs(prompt_tokens, prompt_lengths, groups, length)
+    extra = lookahead_lib.forward_inputs(lookahead, la_steps) if groups else {}
+    logits, cache = forward(params, spec.config, ids, positions, mask, cache, jnp.zeros((batch,), jnp.int32),
+                            logits_index=logits_index, **extra)
+    key, key_first, key_draft = jax.random.split(key, 3)
+    first = sample(key_first, probabilities(logits[:, 0], spec.sampling))
+    if groups:
+        drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], spec.tree, spec.sampling)
+    else:
+        drafts, draft_q = jnp.zeros((batch, 0), jnp.int32), jnp.zeros((batch, 0, 0), jnp.float32)
     tokens = jnp.zeros((batch, length), jnp.int32).at[:, :width].set(prompt_tokens)
     num_l = spec.stat_lookahead
-    stats = DecodeStats(jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32),
+    stats = DecodeStats(jnp.ones((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32),
                         jnp.zeros((batch, num_l + 1), jnp.int32), jnp.zeros((batch, num_l), jnp.int32),
                         jnp.zeros((batch, num_l), jnp.int32))
-    state = DecodeState(tokens, prompt_lengths, cache, key, jnp.zeros((batch,), bool), stats)
-    tokens, lengths, done, n = _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
-    stats = stats._replace(model_calls=stats.model_calls + 1, new_tokens=n)
-    return DecodeState(tokens, lengths, cache, key, done, stats)
+    state = DecodeState(tokens, prompt_lengths, cache, key, jnp.zeros((batch,), bool), stats, drafts, draft_q)
+    state, n = _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
+    return state._replace(stats=stats._replace(new_tokens=n))
 
 
 def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> DecodeState:
@@ -143,50 +243,81 @@ def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> De
     key, sub = jax.random.split(state.key)
     next_token = sample(sub, probabilities(logits[:, 0], spec.sampling))
     active = ~state.done
-    tokens, lengths, done, n = _commit(state, next_token[:, None], jnp.ones_like(pending), prompt_lengths, spec)
-    stats = state.stats._replace(model_calls=state.stats.model_calls + active,
-                                 new_tokens=state.stats.new_tokens + n)
-    return DecodeState(tokens, lengths, cache, key, done, stats)
+    new_state, n = _commit(state._replace(cache=cache, key=key), next_token[:, None], jnp.ones_like(pending),
+                           prompt_lengths, spec)
+    return new_state._replace(stats=state.stats._replace(model_calls=state.stats.model_calls + active,
+                                                         new_tokens=state.stats.new_tokens + n))
+
+
+def _move_accepted_kv(cache: Cache, base, path, tree: DraftTree) -> Cache:
+    """Copy the K/V of the accepted nodes (call slots base + path) to the contiguous slots after the root."""
+    if tree.is_chain:  # a chain's node at depth j already sits in slot base + j
+        return cache
+    source = base[:, None] + path
+    return tuple({name: write_cache(layer[name], gather_positions(layer[name], source), base + 1)
+                  for name in ("k", "v")} for layer in cache)
 
 
 def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> DecodeState:
-    num_l, width = spec.num_lookahead, spec.width
+    num_l, tree, sampling = spec.num_lookahead, spec.tree, spec.sampling
+    num_nodes = tree.num_nodes + 1
     batch, length = state.tokens.shape
-    n_minus_1 = state.lengths - 1  # position of the pending token x_n
-    offsets = jnp.arange(width, dtype=jnp.int32)[None, :]
-    key, key_draft, key_verify = jax.random.split(state.key, 3)
+    rows = jnp.arange(batch)
+    pending = state.lengths - 1  # slot of the pending token x_n
+    key, key_draft, key_verify, key_first = jax.random.split(state.key, 4)
+    x_n = state.tokens[rows, pending]
 
-    # 1. Drafting call: [x_n, LA_1..LA_L].
-    x_n = jnp.take_along_axis(state.tokens, n_minus_1[:, None], axis=1)
-    draft_inputs = jnp.concatenate([x_n, jnp.zeros((batch, num_l), jnp.int32)], axis=1)
-    logits, cache = forward(params, spec.config, draft_inputs, n_minus_1[:, None] + offsets,
-                            causal_mask(n_minus_1, width, length), state.cache, n_minus_1,
-                            **lookahead_lib.forward_inputs(lookahead, jnp.broadcast_to(offsets, (batch, width))))
-    draft_probs = probabilities(logits, spec.sampling)  # [B, L+1, V]: p(.|x_1..x_n), q_1..q_L
-    d = sample(key_draft, draft_probs)                   # d_1..d_{L+1}
+    if spec.calls == 2:
+        # Drafting call [x_n, LA_1..LA_L]: d_1 ~ p is exact and becomes the root of the tree.
+        offsets = jnp.arange(num_l + 1, dtype=jnp.int32)[None, :]
+        ids = jnp.concatenate([x_n[:, None], jnp.zeros((batch, num_l), jnp.int32)], axis=1)
+        logits, cache = forward(params, spec.config, ids, pending[:, None] + offsets,
+                                causal_mask(pending, num_l + 1, length), state.cache, pending,
+                                **lookahead_lib.forward_inputs(lookahead, jnp.broadcast_to(offsets, ids.shape)))
+        root = sample(key_first, probabilities(logits[:, 0], sampling))
+        drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], tree, sampling)
+        base, committed_root = state.lengths, root[:, None]
+    else:
+        cache, root, drafts, draft_q = state.cache, x_n, state.drafts, state.draft_q
+        base, committed_root = pending, jnp.zeros((batch, 0), jnp.int32)
 
-    # 2. Validation call: [d_1..d_{L+1}] at positions n..n+L.
-    logits, cache = forward(params, spec.config, d, state.lengths[:, None] + offsets,
-                            causal_mask(state.lengths, width, length), cache, state.lengths)
-    p = probabilities(logits, spec.sampling)  # p_1..p_{L+1}
-    num_accepted, next_token, accepted = verify(key_verify, d[:, 1:], draft_probs[:, 1:], p)
+    # Validation call: the root, the tree, and (single call) a look-ahead group after every node.
+    group_size = num_l if spec.calls == 1 else 0
+    offsets, la_steps, visible = _validation_layout(tree, group_size)
+    ids = jnp.concatenate([root[:, None], drafts, jnp.zeros((batch, len(offsets) - num_nodes), jnp.int32)], axis=1)
+    la_steps = jnp.broadcast_to(jnp.asarray(la_steps), ids.shape)
+    hidden, cache = forward(params, spec.config, ids, base[:, None] + jnp.asarray(offsets),
+                            _call_mask(base, visible, length), cache, base, hidden_only=True,
+                            **(lookahead_lib.forward_inputs(lookahead, la_steps) if group_size else {}))
+    p = probabilities(lm_head(params, spec.config, hidden[:, :num_nodes]), sampling)
+    num_accepted, path, next_token, accepted = verify(key_verify, tree, drafts, q=draft_q, p=p,
+                                                      greedy=sampling.greedy)
+    cache = _move_accepted_kv(cache, base, path, tree)
+    path_tokens = jnp.take_along_axis(jnp.concatenate([root[:, None], drafts], axis=1), path, axis=1)
+    if group_size:  # the group after the last accepted node drafts the next call's tree
+        last = jnp.where(num_accepted > 0, path[rows, jnp.maximum(num_accepted - 1, 0)], 0)
+        group = num_nodes + last[:, None] * num_l + jnp.arange(num_l)[None, :]
+        drafts, draft_q = draft_candidates(key_draft, lm_head(params, spec.config, gather_positions(hidden, group)),
+                                           tree, sampling)
 
-    # 3. Commit d_1, the A accepted drafts, and the replacement/bonus at index A+1 (A + 2 tokens).
-    committed = jnp.concatenate([d, jnp.zeros((batch, 1), jnp.int32)], axis=1)
-    committed = jnp.where(jnp.arange(width + 1)[None] == (num_accepted + 1)[:, None], next_token[:, None], committed)
+    # Commit [d_1 (two calls)], the A accepted drafts, and the replacement/bonus token.
+    committed = jnp.concatenate([committed_root, path_tokens, jnp.zeros((batch, 1), jnp.int32)], axis=1)
+    end = committed_root.shape[1] + num_accepted
+    committed = jnp.where(jnp.arange(committed.shape[1])[None] == end[:, None], next_token[:, None], committed)
     active = ~state.done
-    tokens, lengths, done, n = _commit(state._replace(cache=cache), committed, num_accepted + 2, prompt_lengths, spec)
+    if group_size:
+        state = state._replace(drafts=drafts, draft_q=draft_q)
+    new_state, n = _commit(state._replace(cache=cache, key=key), committed, end + 1, prompt_lengths, spec)
     act = active[:, None].astype(jnp.int32)
-    pos = jnp.arange(num_l)[None, :]
     s = state.stats
     stats = DecodeStats(
-        model_calls=s.model_calls + 2 * active,
+        model_calls=s.model_calls + spec.calls * active,
         new_tokens=s.new_tokens + n,
         accepted_hist=s.accepted_hist + act * jax.nn.one_hot(num_accepted, num_l + 1, dtype=jnp.int32),
-        position_reached=s.position_reached + act * (pos <= num_accepted[:, None]),
+        position_reached=s.position_reached + act * (jnp.arange(num_l)[None, :] <= num_accepted[:, None]),
         position_accepted=s.position_accepted + act * accepted,
     )
-    return DecodeState(tokens, lengths, cache, key, done, stats)
+    return new_state._replace(stats=stats)
 
 
 def _step_fn(params, lookahead, prompt_lengths, spec: DecodeSpec):

@@ -89,7 +89,8 @@ class Generator:
     def __init__(self, model: LoadedModel, *, mode: str = "pass", num_lookahead: int = 4,
                  lookahead: str | Any = "default", max_new_tokens: int = 128,
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None,
-                 domain: str = "text", stop_ids: Sequence[int] = ()):
+                 domain: str = "text", stop_ids: Sequence[int] = (), calls: int = 2,
+                 draft_tree: Sequence[int] = ()):
         if batch_size < 1:
             raise GenerationError(f"batch size must be >= 1, got {batch_size}")
         self.model = model
@@ -99,7 +100,7 @@ class Generator:
         # A row ends at EOS or at any of `stop_ids` (kept, like EOS, as its last token).
         stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())))
         self.spec = DecodeSpec(model.config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new_tokens,
-                               sampling=sampling, eos_ids=stops)
+                               sampling=sampling, eos_ids=stops, calls=calls, draft_tree=tuple(draft_tree))
         if mode == "pass":
             if isinstance(lookahead, (str, type(None))):
                 self.lookahead, self.lookahead_source = lookahead_lib.resolve(

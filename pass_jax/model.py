@@ -140,7 +140,7 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache: Cache | None = None, write_index=None,
-                 input_embeds=None, embeds_mask=None, logits_index=None):
+                 input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False):
         c = self.config
         embedding = _param(self, "embedding", (c.vocab_size, c.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, tokens, axis=0).astype(c.jnp_dtype)
@@ -154,28 +154,45 @@ class Llama(nn.Module):
                 x, positions, mask, inv_freq, None if cache is None else cache[i], write_index)
             new_cache.append(layer_cache)
         x = RMSNorm(c, name="final_norm")(x)
-        if logits_index is not None:  # only the rows' last positions need the vocabulary projection
-            x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]
-        if c.tie_embeddings:  # contract with the [V, D] table directly: no transposed copy per call
-            logits = jnp.einsum("...d,vd->...v", x, embedding.astype(c.jnp_dtype),
-                                preferred_element_type=jnp.float32)
-        else:
-            head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
-            logits = jnp.dot(x, head.astype(c.jnp_dtype), preferred_element_type=jnp.float32)
-        return logits, (None if cache is None else tuple(new_cache))
+        head = None if c.tie_embeddings else _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
+        new_cache = None if cache is None else tuple(new_cache)
+        if hidden_only:  # the caller projects the positions it needs with `lm_head`
+            return x, new_cache
+        if logits_index is not None:  # only some positions per row need the vocabulary projection
+            x = gather_positions(x, logits_index)
+        return _project(x, embedding if head is None else head, c), new_cache
+
+
+def gather_positions(x, index):
+    """x [B, T, ...] at index int [B] -> [B, ...], or at int [B, K] -> [B, K, ...]."""
+    flat = index if index.ndim == 2 else index[:, None]
+    out = jnp.take_along_axis(x, flat.reshape(flat.shape + (1,) * (x.ndim - 2)), axis=1)
+    return out if index.ndim == 2 else out[:, 0]
+
+
+def _project(x, weight, config: LlamaConfig):
+    if config.tie_embeddings:  # contract with the [V, D] table directly: no transposed copy per call
+        return jnp.einsum("...d,vd->...v", x, weight.astype(config.jnp_dtype), preferred_element_type=jnp.float32)
+    return jnp.dot(x, weight.astype(config.jnp_dtype), preferred_element_type=jnp.float32)
+
+
+def lm_head(params, config: LlamaConfig, hidden):
+    """float32 logits of final hidden states (from `forward(..., hidden_only=True)`)."""
+    return _project(hidden, params["embedding"] if config.tie_embeddings else params["lm_head"], config)
 
 
 def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache | None = None,
-            write_index=None, input_embeds=None, embeds_mask=None, logits_index=None):
+            write_index=None, input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False):
     """Pure forward pass.
 
     tokens: int [B, T]; positions: int [B, T] (RoPE positions); mask: bool [B, T, S] where S is the
     cache length (or T without a cache); cache: from `init_cache`, written at per-row `write_index`
     [B]; input_embeds [B, T, D] replace token embeddings where `embeds_mask` [B, T] is true;
-    logits_index [B] picks one position per row. Returns (float32 logits, new cache or None).
+    logits_index [B] picks one position per row, [B, K] several. Returns (float32 logits, new cache
+    or None); with hidden_only, (final hidden states [B, T, D], new cache) for `lm_head`.
     """
     return Llama(config).apply({"params": params}, tokens, positions, mask, cache, write_index,
-                               input_embeds, embeds_mask, logits_index)
+                               input_embeds, embeds_mask, logits_index, hidden_only)
 
 
 def init_params(config: LlamaConfig, rng) -> dict[str, Any]:

@@ -82,24 +82,65 @@ def residual_distribution(p, q):
     return jnp.where(total > 0, diff / jnp.where(total > 0, total, 1.0), p)
 
 
-def verify(key, drafts, q, p):
-    """The speculative-sampling rule for one validation call.
+def draft_candidates(key, logits, tree, sampling: SamplingConfig):
+    """Draft tokens for every node of a `DraftTree` from the look-ahead outputs.
 
-    drafts [B, L]: d_2..d_{L+1}; q [B, L, V]: their draft distributions q_1..q_L;
-    p [B, L+1, V]: target distributions p_1..p_{L+1}. Returns (accepted [B] = A, the replacement or
-    bonus token [B], accepted-per-position flags [B, L]).
+    logits [B, D, V] at [LA]_1..[LA]_D. Returns (node tokens [B, N] for nodes 1..N, q [B, D, V]).
+    Sampling: each node's token is an independent draw from q at its depth, which is what makes the
+    multi-candidate rule in `verify` exact. Greedy: the K siblings are the top-K of the logits.
     """
-    key_accept, key_next = jax.random.split(key)
-    num_drafts = drafts.shape[1]
-    p_d = jnp.take_along_axis(p[:, :num_drafts], drafts[..., None], axis=-1)[..., 0]
-    q_d = jnp.take_along_axis(q, drafts[..., None], axis=-1)[..., 0]
-    u = jax.random.uniform(key_accept, drafts.shape, dtype=jnp.float32)
-    accept = u < acceptance_probability(p_d, q_d)
-    accepted_prefix = jnp.cumprod(accept.astype(jnp.int32), axis=1)
-    num_accepted = jnp.sum(accepted_prefix, axis=1)
-    # Distribution for the token after the accepted prefix: the residual at the first rejection,
-    # or p_{L+1} (the bonus) when everything was accepted.
-    p_next = jnp.take_along_axis(p, num_accepted[:, None, None], axis=1)[:, 0]
-    q_next = jnp.take_along_axis(q, jnp.minimum(num_accepted, num_drafts - 1)[:, None, None], axis=1)[:, 0]
-    dist = jnp.where((num_accepted < num_drafts)[:, None], residual_distribution(p_next, q_next), p_next)
-    return num_accepted, sample(key_next, dist), accepted_prefix.astype(bool)
+    q = probabilities(logits, sampling)
+    depth = tree.node_depth[1:] - 1
+    if sampling.greedy:
+        top = lax.top_k(logits, max(tree.branching))[1]  # [B, D, K]
+        return top[:, depth, tree.rank[1:]].astype(jnp.int32), q
+    return sample(key, q[:, depth]), q
+
+
+def verify(key, tree, node_tokens, q, p, greedy: bool = False):
+    """The speculative-sampling rule over a static draft tree, for one validation call.
+
+    node_tokens [B, N]: the drafts at nodes 1..N; q [B, D, V]: the draft distribution per depth;
+    p [B, N+1, V]: the target distribution after each node (node 0 is the root). The walk starts at
+    the root and, depth by depth, tries the current node's children in rank order:
+      sampled: accept child c with prob min(1, p'(c)/q(c)); after each rejection p' <- norm(max(0,
+        p' - q)). With siblings drawn i.i.d. from q this is exact: the recursive rejection sampling
+        of SpecInfer (Miao et al. 2024, "multi-step speculative sampling"); with one child per node
+        it is the rule of Leviathan et al. 2023 / Chen et al. 2023.
+      greedy: accept the child equal to argmax p.
+    An accepted child becomes the current node (p' = p at it); when every child is rejected the walk
+    stops and the next token is drawn from p' (the residual), or from p at a leaf (the bonus).
+    Returns (A [B], path [B, D]: the accepted node per depth (0 past A), next token [B],
+    accepted [B, D] flags).
+    """
+    batch = node_tokens.shape[0]
+    tokens = jnp.concatenate([jnp.zeros((batch, 1), node_tokens.dtype), node_tokens], axis=1)  # by node index
+    children = jnp.asarray(tree.children)
+    rows = jnp.arange(batch)
+    keys = jax.random.split(key, tree.num_nodes + 1)
+    current = jnp.zeros((batch,), jnp.int32)
+    walking = jnp.ones((batch,), bool)
+    dist = p[:, 0]
+    path, flags, used = [], [], 0
+    for d, branching in enumerate(tree.branching):
+        chosen = jnp.full((batch,), -1, jnp.int32)
+        for rank in range(branching):
+            child = children[current, rank]
+            token = tokens[rows, child]
+            if greedy:
+                ok = dist[rows, token] > 0
+            else:
+                u = jax.random.uniform(keys[used], (batch,), dtype=jnp.float32)
+                ok = u < acceptance_probability(dist[rows, token], q[rows, d, token])
+            used += 1
+            chosen = jnp.where(walking & (chosen < 0) & ok, child, chosen)
+            if not greedy:  # this candidate was tried and rejected: move to the residual
+                rejected = walking & (chosen < 0)
+                dist = jnp.where(rejected[:, None], residual_distribution(dist, q[:, d]), dist)
+        walking = walking & (chosen >= 0)
+        current = jnp.where(walking, chosen, current)
+        dist = jnp.where(walking[:, None], p[rows, current], dist)
+        path.append(jnp.where(walking, chosen, 0))
+        flags.append(walking)
+    accepted = jnp.stack(flags, axis=1)
+    return (jnp.sum(accepted, axis=1).astype(jnp.int32), jnp.stack(path, axis=1), sample(keys[-1], dist), accepted)

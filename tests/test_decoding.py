@@ -10,6 +10,7 @@ from pass_jax import lookahead as lookahead_lib
 from pass_jax import sampling as sampling_lib
 from pass_jax.config import load_preset
 from pass_jax.decoding import DecodeSpec, decode_jit
+from pass_jax.draft_tree import DraftTree
 from pass_jax.generate import Generator, bucket_width
 from pass_jax.loading import LoadedModel
 from pass_jax.model import causal_mask, forward, init_params
@@ -22,7 +23,13 @@ def tiny_lm():
     return config, init_params(config, jax.random.key(1))
 
 
-def run(config, params, lookahead, prompts, mode, num_lookahead, max_new, sampling=GREEDY, seed=0, eos=()):
+# Every PaSS variant: the paper's two calls, single-call, and draft trees with each (L = len(tree)).
+VARIANTS = {"calls2": dict(calls=2), "calls1": dict(calls=1), "calls2-tree": dict(calls=2, draft_tree=(3, 2)),
+            "calls1-tree": dict(calls=1, draft_tree=(2, 2))}
+
+
+def run(config, params, lookahead, prompts, mode, num_lookahead, max_new, sampling=GREEDY, seed=0, eos=(),
+        **variant):
     width = bucket_width(max(len(p) for p in prompts), config.max_seq_len)
     tokens = np.zeros((len(prompts), width), np.int32)
     for row, p in enumerate(prompts):
@@ -31,7 +38,7 @@ def run(config, params, lookahead, prompts, mode, num_lookahead, max_new, sampli
     if lookahead is None:  # autoregressive: the loop never reads it
         lookahead = jnp.zeros((1, config.hidden_size))
     spec = DecodeSpec(config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new,
-                      sampling=sampling, eos_ids=eos)
+                      sampling=sampling, eos_ids=eos, **variant)
     state = decode_jit(params, lookahead, jnp.asarray(tokens), lengths, jax.random.key(seed), spec=spec)
     out = [np.asarray(state.tokens[r, len(p):int(state.lengths[r])]) for r, p in enumerate(prompts)]
     return out, jax.device_get(state.stats)
@@ -40,8 +47,9 @@ def run(config, params, lookahead, prompts, mode, num_lookahead, max_new, sampli
 PROMPTS = [[5, 17, 3], [9, 1, 44, 2, 7, 100, 12], list(range(20, 40))]
 
 
-@pytest.mark.parametrize("num_lookahead", [1, 5])
-def test_greedy_pass_equals_ar_tiny(tiny_lm, num_lookahead):
+@pytest.mark.parametrize("num_lookahead, variant", [(1, "calls2"), (5, "calls2"), (1, "calls1"), (4, "calls1"),
+                                                    (2, "calls2-tree"), (2, "calls1-tree")])
+def test_greedy_pass_equals_ar_tiny(tiny_lm, num_lookahead, variant):
     config, params = tiny_lm
     ar, ar_stats = run(config, params, None, PROMPTS, "ar", 1, 40)
     assert all(len(row) == 40 for row in ar)
@@ -49,7 +57,7 @@ def test_greedy_pass_equals_ar_tiny(tiny_lm, num_lookahead):
     untrained = lookahead_lib.init_untrained(params, num_lookahead, jax.random.key(2))
     random = lookahead_lib.init_random(config, num_lookahead, jax.random.key(3), scale=1.0)
     for vectors in (untrained, random):  # drafts change the speed, never the tokens
-        pss, _ = run(config, params, vectors, PROMPTS, "pass", num_lookahead, 40)
+        pss, _ = run(config, params, vectors, PROMPTS, "pass", num_lookahead, 40, **VARIANTS[variant])
         for a, b in zip(ar, pss):
             np.testing.assert_array_equal(b, a)
 
@@ -64,41 +72,66 @@ def test_greedy_pass_accepts_good_drafts(tiny_lm):
     assert stats.model_calls[0] == 2 * iterations + 1
 
 
-def test_ragged_batch_rows_equal_unbatched(tiny_lm):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ragged_batch_rows_equal_unbatched(tiny_lm, variant):
     config, params = tiny_lm
-    la = lookahead_lib.init_random(config, 4, jax.random.key(4), scale=1.0)
-    batched, _ = run(config, params, la, PROMPTS, "pass", 4, 30)
+    num_l = len(VARIANTS[variant].get("draft_tree", (1,) * 4))
+    la = lookahead_lib.init_random(config, num_l, jax.random.key(4), scale=1.0)
+    batched, _ = run(config, params, la, PROMPTS, "pass", num_l, 30, **VARIANTS[variant])
     for prompt, row in zip(PROMPTS, batched):
-        single, _ = run(config, params, la, [prompt], "pass", 4, 30)
+        single, _ = run(config, params, la, [prompt], "pass", num_l, 30, **VARIANTS[variant])
         np.testing.assert_array_equal(row, single[0])
 
 
-def test_pass_invariants_and_eos(tiny_lm):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pass_invariants_and_eos(tiny_lm, variant):
+    settings = VARIANTS[variant]
+    calls = settings["calls"]
+    num_l = len(settings.get("draft_tree", (1,) * 3))
     config, params = tiny_lm
-    la = lookahead_lib.init_random(config, 3, jax.random.key(5), scale=1.0)
+    la = lookahead_lib.init_random(config, num_l, jax.random.key(5), scale=1.0)
     sampling = SamplingConfig(temperature=1.0, top_k=None)
-    out, stats = run(config, params, la, PROMPTS, "pass", 3, 50, sampling=sampling, seed=7)
+    out, stats = run(config, params, la, PROMPTS, "pass", num_l, 50, sampling=sampling, seed=7, **settings)
     for row in range(len(PROMPTS)):
         hist = stats.accepted_hist[row]
         iterations = hist.sum()
-        untruncated = 1 + int((hist * (np.arange(len(hist)) + 2)).sum())  # prefill token + (A + 2) per iteration
-        assert stats.model_calls[row] == 2 * iterations + 1
+        # the prefill token, then A + 2 tokens per two-call iteration or A + 1 per single call
+        untruncated = 1 + int((hist * (np.arange(len(hist)) + 3 - calls)).sum())
+        assert stats.model_calls[row] == calls * iterations + 1
         assert untruncated >= stats.model_calls[row]  # never less than one token per call
         assert stats.new_tokens[row] == min(50, untruncated) == len(out[row])
         assert (stats.position_accepted[row] <= stats.position_reached[row]).all()
     # EOS: a row stops right after the first EOS it commits
     eos = int(out[0][5])
-    out_eos, _ = run(config, params, la, PROMPTS[:1], "pass", 3, 50, sampling=sampling, seed=7, eos=(eos,))
+    out_eos, _ = run(config, params, la, PROMPTS[:1], "pass", num_l, 50, sampling=sampling, seed=7, eos=(eos,),
+                     **settings)
     first = int(np.argmax(out[0] == eos))
     np.testing.assert_array_equal(out_eos[0], out[0][:first + 1])
 
 
-def test_greedy_pass_equals_ar_smollm2(smollm2):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_greedy_eos_and_budget_cut_where_ar_does(tiny_lm, variant):
+    """EOS and the budget can fall in the middle of an iteration's tokens: the row ends where ar's does."""
+    config, params = tiny_lm
+    num_l = len(VARIANTS[variant].get("draft_tree", (1,) * 3))
+    la = lookahead_lib.init_untrained(params, num_l, jax.random.key(2))
+    free, _ = run(config, params, None, PROMPTS, "ar", 1, 40)
+    eos = tuple({int(row[7]) for row in free})
+    for max_new in (13, 40):
+        ar, _ = run(config, params, None, PROMPTS, "ar", 1, max_new, eos=eos)
+        pss, _ = run(config, params, la, PROMPTS, "pass", num_l, max_new, eos=eos, **VARIANTS[variant])
+        for a, b in zip(ar, pss):
+            np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_greedy_pass_equals_ar_smollm2(smollm2, variant):
     prompts = ["The capital of France is", "def fibonacci(n):\n    ", "In 1905, Albert Einstein published"]
     ids = [list(smollm2.tokenizer(p)["input_ids"]) for p in prompts]
-    la = lookahead_lib.init_untrained(smollm2.params, 4, jax.random.key(0))
+    num_l = len(VARIANTS[variant].get("draft_tree", (1,) * 4))
+    la = lookahead_lib.resolve("text", smollm2.params, smollm2.config, num_l, smollm2.source)[0]
     ar, _ = run(smollm2.config, smollm2.params, None, ids, "ar", 1, 24)
-    pss, stats = run(smollm2.config, smollm2.params, la, ids, "pass", 4, 24)
+    pss, stats = run(smollm2.config, smollm2.params, la, ids, "pass", num_l, 24, **VARIANTS[variant])
     for a, b in zip(ar, pss):
         np.testing.assert_array_equal(a, b)
     assert stats.model_calls.max() < 24 * 2
@@ -125,13 +158,31 @@ def test_acceptance_and_residual_by_exact_enumeration():
 
 def test_verify_edge_cases():
     key = jax.random.key(0)
+    chain = DraftTree((1, 1))
     p = jnp.asarray([[[0.0, 1.0, 0.0]] * 3])  # target always says token 1
-    drafts_right = jnp.asarray([[1, 1]])
-    accepted, nxt, flags = sampling_lib.verify(key, drafts_right, jax.nn.one_hot(drafts_right, 3), p)
-    assert int(accepted[0]) == 2 and int(nxt[0]) == 1 and flags.all()
-    drafts_wrong = jnp.asarray([[2, 1]])
-    accepted, nxt, flags = sampling_lib.verify(key, drafts_wrong, jax.nn.one_hot(drafts_wrong, 3), p)
-    assert int(accepted[0]) == 0 and int(nxt[0]) == 1 and not flags.any()
+    for greedy in (False, True):
+        drafts_right = jnp.asarray([[1, 1]])
+        accepted, path, nxt, flags = sampling_lib.verify(key, chain, drafts_right, jax.nn.one_hot(drafts_right, 3), p,
+                                                         greedy=greedy)
+        assert int(accepted[0]) == 2 and int(nxt[0]) == 1 and flags.all() and path.tolist() == [[1, 2]]
+        drafts_wrong = jnp.asarray([[2, 1]])
+        accepted, path, nxt, flags = sampling_lib.verify(key, chain, drafts_wrong, jax.nn.one_hot(drafts_wrong, 3), p,
+                                                         greedy=greedy)
+        assert int(accepted[0]) == 0 and int(nxt[0]) == 1 and not flags.any() and path.tolist() == [[0, 0]]
+
+
+def test_verify_tree_walks_to_the_accepted_sibling():
+    """Tree (3, 2): nodes 1-3 at depth 1, then two children each (4-5 under 1, 6-7 under 2, 8-9 under 3).
+    The target wants token 2 then token 0: only node 2 (rank 1) and then its child 7 (rank 1) match."""
+    tree = DraftTree((3, 2))
+    assert tree.children[2].tolist() == [6, 7, -1] and tree.parent[7] == 2 and tree.num_nodes == 9
+    nodes = jnp.asarray([[1, 2, 0, 0, 0, 1, 0, 1, 1]])  # tokens of nodes 1..9
+    p = jnp.zeros((1, 10, 3)).at[0, :, 2].set(1.0).at[0, 2].set(jax.nn.one_hot(0, 3)).at[0, 7].set(
+        jax.nn.one_hot(1, 3))
+    q = jnp.full((1, 2, 3), 1 / 3)
+    for greedy in (False, True):  # p is one-hot: the sampled rule must agree with the greedy one
+        accepted, path, nxt, flags = sampling_lib.verify(jax.random.key(1), tree, nodes, q, p, greedy=greedy)
+        assert int(accepted[0]) == 2 and path.tolist() == [[2, 7]] and int(nxt[0]) == 1 and flags.all()
 
 
 # --- sampled exactness: the joint law of the first 3 new tokens ---------------------------------
@@ -166,11 +217,12 @@ def exact_joint(config, params, prompt, sampling):
     return p1[:, None, None] * p2[:, :, None] * p3
 
 
-def sampled_joint(config, params, lookahead, prompt, mode):
+def sampled_joint(config, params, lookahead, prompt, mode, **variant):
     counts = np.zeros((SMALL_VOCAB,) * 3)
     per_run = NUM_SAMPLES // 4
     for seed in range(4):
-        out, _ = run(config, params, lookahead, [prompt] * per_run, mode, 2, 3, sampling=SAMPLED, seed=seed)
+        out, _ = run(config, params, lookahead, [prompt] * per_run, mode, 2, 3, sampling=SAMPLED, seed=seed,
+                     **variant)
         arr = np.stack(out)
         np.add.at(counts, (arr[:, 0], arr[:, 1], arr[:, 2]), 1)
     return counts
@@ -193,26 +245,37 @@ def chi_square_threshold(df):
     return df + 6 * np.sqrt(2 * df)
 
 
-def test_sampled_pass_matches_exact_law(small_vocab_lm):
+@pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
+def test_sampled_pass_matches_exact_law(small_vocab_lm, variant):
+    """Two calls: token 3 passes the rule. Single call: tokens 2 and 3 do (the prefill drafts them).
+    Trees put 2-3 i.i.d. candidates at depth 1, so the multi-candidate residual is exercised."""
     config, params = small_vocab_lm
     prompt = [1, 2, 3]
     la = lookahead_lib.init_random(config, 2, jax.random.key(8), scale=1.0)
     probs = exact_joint(config, params, prompt, SAMPLED)
-    for mode in ("ar", "pass"):
-        stat, df = chi_square(sampled_joint(config, params, la, prompt, mode), probs)
-        assert stat < chi_square_threshold(df), (mode, stat, df)
+    mode, settings = ("ar", {}) if variant == "ar" else ("pass", VARIANTS[variant])
+    stat, df = chi_square(sampled_joint(config, params, la, prompt, mode, **settings), probs)
+    assert stat < chi_square_threshold(df), (variant, stat, df)
 
 
-def test_sampled_test_rejects_always_accept(small_vocab_lm, monkeypatch):
-    """Negative control: a sampler that accepts every draft samples q, and the test must see it."""
+LOSSY_RULES = {
+    "always_accept": ("acceptance_probability", lambda p, q: jnp.ones_like(p)),  # samples q, not p
+    "no_residual": ("residual_distribution", lambda p, q: p),  # after a rejection, draws from p again
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("rule", list(LOSSY_RULES))
+def test_sampled_test_rejects_lossy_rules(small_vocab_lm, monkeypatch, variant, rule):
+    """Negative controls: the same test must fail each lossy rule, for each variant."""
     config, params = small_vocab_lm
     prompt = [1, 2, 3]
     la = lookahead_lib.init_random(config, 2, jax.random.key(8), scale=1.0)
     probs = exact_joint(config, params, prompt, SAMPLED)
-    monkeypatch.setattr(sampling_lib, "acceptance_probability", lambda p, q: jnp.ones_like(p))
+    monkeypatch.setattr(sampling_lib, *LOSSY_RULES[rule])
     jax.clear_caches()
     try:
-        stat, df = chi_square(sampled_joint(config, params, la, prompt, "pass"), probs)
+        stat, df = chi_square(sampled_joint(config, params, la, prompt, "pass", **VARIANTS[variant]), probs)
     finally:
         monkeypatch.undo()
         jax.clear_caches()
@@ -225,10 +288,13 @@ class _ByteTokenizer:
     eos_token_id = None
 
 
-def test_prompts_in_one_bucket_compile_once(tiny_lm):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_prompts_in_one_bucket_compile_once(tiny_lm, variant):
     config, params = tiny_lm
-    generator = Generator(LoadedModel(config, params, _ByteTokenizer(), "tiny"), mode="pass", num_lookahead=3,
-                          lookahead=lookahead_lib.init_random(config, 3, jax.random.key(0)), max_new_tokens=8)
+    num_l = len(VARIANTS[variant].get("draft_tree", (1,) * 3))
+    generator = Generator(LoadedModel(config, params, _ByteTokenizer(), "tiny"), mode="pass", num_lookahead=num_l,
+                          lookahead=lookahead_lib.init_random(config, num_l, jax.random.key(0)), max_new_tokens=8,
+                          **VARIANTS[variant])
     compiles = []
     listener = lambda event, duration, **_: compiles.append(event) if "backend_compile" in event else None  # noqa: E731
     jax.monitoring.register_event_duration_secs_listener(listener)
@@ -242,14 +308,14 @@ def test_prompts_in_one_bucket_compile_once(tiny_lm):
     assert len(compiles) <= 3, compiles  # the decode loop plus at most a couple of tiny helper ops
 
 
-@pytest.mark.parametrize("mode", ["ar", "pass"])
+@pytest.mark.parametrize("mode", ["ar", "pass", "pass-calls1"])
 def test_stop_ids_end_a_row_at_that_token(tiny_lm, mode):
     """A stop token ends the row where it first appears, inclusive, as EOS does; the tokens before it
     are those of the run without stops (greedy)."""
     config, params = tiny_lm
     model = LoadedModel(config, params, _ByteTokenizer(), "tiny")
-    settings = dict(mode=mode, num_lookahead=3, lookahead=lookahead_lib.init_random(config, 3, jax.random.key(0)),
-                    max_new_tokens=24, sampling=GREEDY)
+    settings = dict(mode=mode.split("-")[0], num_lookahead=3, max_new_tokens=24, sampling=GREEDY,
+                    lookahead=lookahead_lib.init_random(config, 3, jax.random.key(0)), calls=1 if "calls1" in mode else 2)
     prompt = [list(range(1, 20))]
     state, _ = Generator(model, **settings).generate_ids(prompt)
     free = [int(t) for t in state.tokens[0, 19:int(state.lengths[0])]]
