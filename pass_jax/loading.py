@@ -10,7 +10,6 @@ from __future__ import annotations
 from .errors import PassJaxError
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -260,13 +259,20 @@ def gguf_to_config(reader, **overrides) -> LlamaConfig:
     return config_lib.from_dict(values)
 
 
-def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
+def read_gguf(path: Path):
+    """A `gguf.GGUFReader` over the file: metadata parsed, tensors memory-mapped."""
     import gguf
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
     except Exception as err:  # the reader raises assorted errors on non-GGUF bytes
         raise LoadError(f"{path}: not a readable GGUF file ({err})") from None
+
+
+def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
+    import gguf
+
+    reader = read_gguf(path)
     config = gguf_to_config(reader, **config_overrides)
     tensors = {t.name: t for t in reader.tensors}
 
@@ -290,21 +296,42 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         return _place(shape_dtype, sharding, read=lambda: w, name=gguf_name)
 
     params = _build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
-    return LoadedModel(config, params, gguf_tokenizer(path), str(path))
+    return LoadedModel(config, params, gguf_tokenizer(path, reader), str(path))
 
 
-def gguf_tokenizer(path: Path):
-    """transformers converts a GGUF vocabulary in ~12 s; cache the result as a tokenizer.json."""
+def gguf_tokenizer(path: Path, reader=None):
+    """The file's tokenizer, built as `AutoTokenizer.from_pretrained(dir, gguf_file=...)` builds it, without torch.
+
+    transformers' own GGUF path reads the metadata with a reader that imports torch, which the plain
+    install lacks; its converter does not. So read the metadata with `gguf` (pass the model's `reader`
+    to avoid a second read) and hand it to the converter. Building from a reader takes about as long
+    as loading a saved tokenizer.json, so nothing is cached.
+    """
     import transformers
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 
-    stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = cache_dir() / "tokenizers" / key
-    if (cached / "tokenizer_config.json").is_file():
-        return transformers.AutoTokenizer.from_pretrained(cached)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    tokenizer.save_pretrained(cached)
-    return tokenizer
+    reader = read_gguf(path) if reader is None else reader
+    meta = {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
+    if "tokenizer.ggml.tokens" not in meta:
+        raise LoadError(f"{path}: the GGUF file holds no tokenizer (no tokenizer.ggml.tokens)")
+    # The converter's input, under its own names.
+    vocab = {name: meta[f"tokenizer.{key}"] for key, name in GGUF_TOKENIZER_MAPPING["tokenizer"].items()
+             if f"tokenizer.{key}" in meta}
+    arch = reader.fields.get("general.architecture")
+    try:
+        backend, _ = convert_gguf_tokenizer(arch and arch.contents(), vocab)
+    except ValueError as err:  # an unknown tokenizer.ggml.model; the message names the supported ones
+        raise LoadError(f"{path}: {err}") from None
+    settings = {name: meta[key] for name, key in (("chat_template", "tokenizer.chat_template"),
+                                                  ("add_bos_token", "tokenizer.ggml.add_bos_token"),
+                                                  ("add_eos_token", "tokenizer.ggml.add_eos_token")) if key in meta}
+    if vocab.get("tokenizer_type") == "llama":
+        settings.setdefault("add_bos_token", True)  # llama.cpp adds BOS to a SentencePiece vocabulary by default
+    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        index = meta.get(f"tokenizer.ggml.{key}")
+        settings[name] = None if index is None else vocab["tokens"][index]
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **settings)
 
 
 # --- pass-jax Orbax directories -----------------------------------------------------------------
