@@ -8,6 +8,9 @@ from pathlib import Path
 
 from .errors import PassJaxError
 
+DEFAULT_LOOKAHEAD = 4
+DEFAULT_CALLS = 2
+
 EPILOG_GENERATE = """examples:
   pass-jax generate --prompt "The capital of France is"
   pass-jax generate --prompt "def fibonacci(n):" --num-lookahead 6 --temperature 0.8 --top-k 10
@@ -66,15 +69,23 @@ def cmd_generate(args) -> int:
     # Reject bad settings before spending seconds on loading the model.
     prompts = _read_prompts(args)
     sampling = sampling_from_args(args)
-    check_settings(args.mode, args.num_lookahead, args.max_new_tokens)
+    decode = pass_settings_from_args(args)
+    check_settings(args.mode, decode["num_lookahead"], args.max_new_tokens, decode["calls"], decode["draft_tree"])
     if args.batch_size < 1:
         raise PassJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
     _log(f"loading {args.model} ...")
     model = load_model(args.model)
-    generator = Generator(model, mode=args.mode, num_lookahead=args.num_lookahead, lookahead=args.lookahead,
-                          max_new_tokens=args.max_new_tokens, sampling=sampling, batch_size=args.batch_size)
+    if args.mode == "pass" and args.num_lookahead == "auto":
+        decode = auto_pass_settings(model, args.lookahead, sampling, args.batch_size)
+        if decode is None:
+            args.mode = "ar"
+    generator = Generator(model, mode=args.mode, lookahead=args.lookahead, max_new_tokens=args.max_new_tokens,
+                          sampling=sampling, batch_size=args.batch_size, **decode)
     if args.mode == "pass":
-        _log(f"PaSS with L={args.num_lookahead} look-ahead steps, vectors: {generator.lookahead_source}")
+        tree = decode["draft_tree"]
+        shape = f"draft tree {','.join(map(str, tree))}" if tree else f"L={decode['num_lookahead']} look-ahead steps"
+        _log(f"PaSS with {shape}, {decode['calls']} call{'s' if decode['calls'] == 2 else ''} per iteration, "
+             f"vectors: {generator.lookahead_source}")
     _log("compiling the decode loop (once per prompt-length bucket) ...")
     results, summary = generator.generate(prompts, seed=args.seed, progress=True)
     for result in results:
@@ -86,12 +97,68 @@ def cmd_generate(args) -> int:
             print(result.prompt + result.text, flush=True)
             print("-" * 40, flush=True)
     if args.json:
-        print(json.dumps({"summary": {"mode": args.mode, "num_lookahead": args.num_lookahead, **summary}}))
+        print(json.dumps({"summary": {"mode": args.mode, **(decode if args.mode == "pass" else {}), **summary}}))
     else:
         _log(f"{summary['new_tokens']} tokens in {summary['wall_s']:.2f} s ({summary['tokens_per_s']:.1f} tok/s), "
              f"{summary['tokens_per_call']:.2f} tokens per model call, mean accepted drafts "
              f"{summary['mean_accepted']:.2f}; compile {summary['compile_s']:.1f} s (not included)")
     return 0
+
+
+def add_pass_args(parser: argparse.ArgumentParser, auto: bool = True) -> None:
+    """-L, --calls and --draft-tree: the shape of a PaSS iteration."""
+    group = parser.add_argument_group("PaSS iteration (--mode pass)")
+    group.add_argument("--num-lookahead", "-L", default=None, metavar="N" + ("|auto" if auto else ""),
+                       help=f"look-ahead steps L (default {DEFAULT_LOOKAHEAD}, or the depth of --draft-tree)"
+                            + ("; auto times this machine's decode calls and picks the (calls, L, tree) its "
+                               "vectors' measured acceptance predicts fastest, or says to use --mode ar" if auto else ""))
+    group.add_argument("--calls", type=int, choices=(1, 2), default=DEFAULT_CALLS,
+                       help="model calls per iteration: 2 = the paper (a drafting call, then a validation call; "
+                            "A+2 tokens per iteration), 1 = validate and draft in one wider call (A+1 tokens per "
+                            f"call) (default {DEFAULT_CALLS})")
+    group.add_argument("--draft-tree", default=None, metavar="K1,K2,...",
+                       help="candidates per look-ahead depth, verified in one call with a tree mask (e.g. 3,1,1: "
+                            "three candidates for the first draft); sets L to its depth (default: a chain of L)")
+
+
+def pass_settings_from_args(args) -> dict:
+    """{"num_lookahead", "calls", "draft_tree"} from -L/--calls/--draft-tree (validated before loading)."""
+    from .draft_tree import parse
+
+    tree = ()
+    if args.draft_tree:
+        try:
+            tree = parse(args.draft_tree)
+        except ValueError as err:
+            raise PassJaxError(str(err)) from None
+    value = args.num_lookahead
+    if value in (None, "auto"):
+        num_l = len(tree) if tree else DEFAULT_LOOKAHEAD
+    else:
+        try:
+            num_l = int(value)
+        except ValueError:
+            raise PassJaxError(f"--num-lookahead takes a whole number or auto, got {value!r}") from None
+    return {"num_lookahead": num_l, "calls": args.calls, "draft_tree": tree}
+
+
+def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict | None:
+    """`-L auto`: the best predicted setting on this backend, or None (with a note) when ar is predicted faster."""
+    from . import autotune
+    from . import lookahead as lookahead_lib
+
+    path = lookahead_lib.resolve_path(lookahead, model.source)
+    metadata = lookahead_lib.read_metadata(path) if path is not None else None
+    _log("-L auto: timing one decode call per candidate shape on this backend ...")
+    best, prediction, _, _ = autotune.autotune(model, metadata, sampling.greedy, batch_size=batch_size)
+    if prediction["ratio_vs_ar"] <= 1.0:
+        _log(f"-L auto: no PaSS setting is predicted to beat autoregressive decoding here (best: {best.label()}, "
+             f"{prediction['ratio_vs_ar']:.2f}x ar); decoding with --mode ar")
+        return None
+    _log(f"-L auto: {best.label()}, {prediction['tokens_per_call']:.2f} tokens per call, predicted "
+         f"{prediction['ratio_vs_ar']:.2f}x ar")
+    tree = () if best.is_chain else best.draft_tree
+    return {"num_lookahead": best.num_lookahead, "calls": best.calls, "draft_tree": tree}
 
 
 def cmd_convert(args) -> int:
@@ -120,11 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="smollm2-135m (bundled, default), a .gguf file, a Hugging Face LLaMA directory, "
                           "or a directory from `pass-jax convert`")
     gen.add_argument("--mode", choices=("ar", "pass"), default="pass", help="pass (default) or ar: plain decoding")
-    gen.add_argument("--num-lookahead", "-L", type=int, default=4, help="look-ahead steps L (default 4)")
     gen.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
                      help="look-ahead vectors: default/text (shipped, trained on Wikipedia, for the bundled "
                           "model), code (shipped, trained on Python), none (untrained), or a .npz / Orbax path")
     gen.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
+    add_pass_args(gen)
     add_sampling_args(gen)
     gen.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")

@@ -1,7 +1,14 @@
-"""The look-ahead parameters: L learned vectors [L, d_emb], a pytree of their own.
+"""The look-ahead parameters of PaSS: the only trainable parameters, a pytree of their own.
 
-They are the only trainable parameters of PaSS. Stored as an Orbax checkpoint (a directory) or a
-`.npz` file with one `lookahead` array; trained vectors for the bundled model ship in
+Two kinds, both lossless (the base model stays frozen and real tokens see exactly the base model;
+only the look-ahead slots change):
+- "vectors" (the paper): L input vectors, an array [L, d_emb] fed in place of token embeddings.
+- "deep": {"embeds": [L, d_emb], "layers": [num_layers, L, d_emb]}: the input vectors plus one
+  vector per layer added to the residual stream before that layer, at look-ahead slots only.
+  With zero `layers` it computes exactly what "vectors" does, so it can start from trained vectors.
+
+Stored as a `.npz` file (`lookahead`, plus `layers` for "deep") with a JSON metadata file naming
+the kind, or as an Orbax checkpoint directory; trained parameters for the bundled model ship in
 `pass_jax/lookahead_weights/`.
 """
 from __future__ import annotations
@@ -17,13 +24,30 @@ import numpy as np
 
 from .config import LlamaConfig
 
+KINDS = ("vectors", "deep")
 LOOKAHEAD_AXES = ("lookahead", "embed")
+LAYER_AXES = ("layers", "lookahead", "embed")
 BUNDLED_DIR = Path(__file__).resolve().parent / "lookahead_weights"
 MAX_BUNDLED_L = 8
 
 
 class LookaheadError(PassJaxError):
-    """Look-ahead vectors that cannot be used with this model."""
+    """Look-ahead parameters that cannot be used with this model."""
+
+
+def kind_of(lookahead) -> str:
+    """"vectors" for an array [L, d_emb], "deep" for {"embeds", "layers"}."""
+    if isinstance(lookahead, dict):
+        if set(lookahead) != {"embeds", "layers"}:
+            raise LookaheadError(f"look-ahead parameters with keys {sorted(lookahead)} are no known kind; "
+                                 "deep ones have 'embeds' and 'layers'")
+        return "deep"
+    return "vectors"
+
+
+def input_vectors(lookahead):
+    """The [L, d_emb] vectors fed at the look-ahead slots, whatever the kind."""
+    return lookahead["embeds"] if kind_of(lookahead) == "deep" else lookahead
 
 
 def init_untrained(params, num_lookahead: int, key, noise: float = 0.01) -> jax.Array:
@@ -38,32 +62,106 @@ def init_random(config: LlamaConfig, num_lookahead: int, key, scale: float = 0.0
     return scale * jax.random.normal(key, (num_lookahead, config.hidden_size), config.jnp_param_dtype)
 
 
-def check(vectors, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead vectors"):
+def as_kind(lookahead, kind: str, num_layers: int):
+    """Convert to `kind`: vectors become deep with zero per-layer vectors (the same function);
+    deep becomes vectors only when its per-layer vectors are all zero."""
+    if kind not in KINDS:
+        raise LookaheadError(f"look-ahead kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    have = kind_of(lookahead)
+    if have == kind:
+        return lookahead
+    if kind == "deep":
+        return {"embeds": lookahead, "layers": jnp.zeros((num_layers,) + lookahead.shape, lookahead.dtype)}
+    if np.any(np.asarray(lookahead["layers"])):
+        raise LookaheadError("deep look-ahead parameters have non-zero per-layer vectors: they cannot be used "
+                             "as plain input vectors")
+    return lookahead["embeds"]
+
+
+def init(kind: str, params, config: LlamaConfig, num_lookahead: int, key):
+    """Untrained parameters of a kind: mean embedding + noise, and zero per-layer vectors."""
+    return as_kind(init_untrained(params, num_lookahead, key), kind, config.num_layers)
+
+
+def logical_axes(lookahead):
+    """The logical axis names of each leaf, as a pytree like `lookahead`."""
+    if kind_of(lookahead) == "deep":
+        return {"embeds": LOOKAHEAD_AXES, "layers": LAYER_AXES}
+    return LOOKAHEAD_AXES
+
+
+def num_steps(lookahead) -> int:
+    return input_vectors(lookahead).shape[0]
+
+
+def num_parameters(lookahead) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(lookahead))
+
+
+def truncate(lookahead, num_lookahead: int):
+    """The first `num_lookahead` steps (every leaf sliced on its "lookahead" axis)."""
+    if kind_of(lookahead) == "deep":
+        return {"embeds": lookahead["embeds"][:num_lookahead], "layers": lookahead["layers"][:, :num_lookahead]}
+    return lookahead[:num_lookahead]
+
+
+def check(lookahead, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead vectors"):
+    """Raise a one-line LookaheadError unless the parameters fit this model (and hold num_lookahead steps)."""
+    vectors = input_vectors(lookahead)
     if vectors.ndim != 2 or vectors.shape[1] != config.hidden_size:
         raise LookaheadError(f"{where} have shape {tuple(vectors.shape)}, but this model needs "
                              f"[L, {config.hidden_size}] (d_emb = {config.hidden_size})")
+    if kind_of(lookahead) == "deep":
+        want = (config.num_layers,) + tuple(vectors.shape)
+        if tuple(lookahead["layers"].shape) != want:
+            raise LookaheadError(f"{where}: per-layer look-ahead vectors have shape "
+                                 f"{tuple(lookahead['layers'].shape)}, but this model needs {list(want)}")
     if num_lookahead is not None and num_lookahead > vectors.shape[0]:
         raise LookaheadError(f"{where} hold {vectors.shape[0]} look-ahead steps; {num_lookahead} were asked for")
-    return vectors
+    return lookahead
 
 
-def save(path: str | Path, vectors, metadata: dict | None = None) -> None:
-    """`.npz` for a small portable file, otherwise an Orbax checkpoint directory."""
+def prepare(lookahead, config: LlamaConfig, num_lookahead: int, where: str = "look-ahead parameters"):
+    """Checked and cut to `num_lookahead` steps: what a decode takes."""
+    return truncate(check(lookahead, config, num_lookahead, where), num_lookahead)
+
+
+def _npz_arrays(lookahead) -> dict[str, np.ndarray]:
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), lookahead)
+    return {"lookahead": host["embeds"], "layers": host["layers"]} if kind_of(lookahead) == "deep" else {"lookahead": host}
+
+
+def save(path: str | Path, lookahead, metadata: dict | None = None) -> None:
+    """`.npz` for a small portable file, otherwise an Orbax checkpoint directory. The metadata JSON
+    (`PATH.json` beside a .npz, `metadata.json` inside a directory) records the kind."""
     path = Path(path).expanduser().absolute()
+    metadata = None if metadata is None else {"kind": kind_of(lookahead), **metadata}
     if path.suffix == ".npz":
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, lookahead=np.asarray(jax.device_get(vectors), np.float32))
+        np.savez(path, **_npz_arrays(lookahead))
         if metadata is not None:
-            path.with_suffix(".json").write_text(json.dumps(metadata, indent=1))
+            metadata_path(path).write_text(json.dumps(metadata, indent=1))
         return
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(path / "lookahead", {"lookahead": vectors}, force=True)
+        ckpt.save(path / "lookahead", {"lookahead": lookahead}, force=True)
     if metadata is not None and jax.process_index() == 0:
-        (path / "metadata.json").write_text(json.dumps(metadata, indent=1))
+        metadata_path(path).write_text(json.dumps(metadata, indent=1))
 
 
-def load(path: str | Path, config: LlamaConfig) -> jax.Array:
+def metadata_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path.with_suffix(".json") if path.suffix == ".npz" else path / "metadata.json"
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata saved beside look-ahead parameters ({} if there is none)."""
+    meta = metadata_path(path)
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def load(path: str | Path, config: LlamaConfig):
+    """Look-ahead parameters of any kind from a .npz or an Orbax directory, checked against the model."""
     path = Path(path).expanduser()
     if not path.exists():
         raise LookaheadError(f"look-ahead checkpoint {path} not found")
@@ -71,24 +169,31 @@ def load(path: str | Path, config: LlamaConfig) -> jax.Array:
         with np.load(path) as data:
             if "lookahead" not in data:
                 raise LookaheadError(f"{path} has no 'lookahead' array (found {list(data)})")
-            vectors = data["lookahead"]
+            lookahead = ({"embeds": data["lookahead"], "layers": data["layers"]} if "layers" in data
+                         else data["lookahead"])
     else:
         import orbax.checkpoint as ocp
         item = path / "lookahead" if (path / "lookahead").exists() else path
         with ocp.StandardCheckpointer() as ckpt:
-            vectors = np.asarray(ckpt.restore(item)["lookahead"])
-    return jnp.asarray(check(vectors, config, where=str(path)), config.jnp_param_dtype)
+            lookahead = jax.tree.map(np.asarray, ckpt.restore(item)["lookahead"])
+    check(lookahead, config, where=str(path))
+    return jax.tree.map(lambda x: jnp.asarray(x, config.jnp_param_dtype), lookahead)
 
 
 def forward_inputs(lookahead, step_index) -> dict:
-    """`forward` keyword arguments that put look-ahead vectors at the slots where step_index > 0.
+    """`forward` keyword arguments that put look-ahead parameters at the slots where step_index > 0.
 
     step_index int [B, T]: 0 for a real token, i for [LA]_i (1-based). Real tokens see exactly the
     base model. Every decode variant and the training loss build their inputs through this one
     function, so a new look-ahead parametrisation only has to extend it.
     """
-    vectors = jnp.concatenate([jnp.zeros_like(lookahead[:1]), lookahead])  # row 0: unused for real tokens
-    return {"input_embeds": vectors[step_index], "embeds_mask": step_index > 0}
+    def by_step(table):  # [..., L, D] -> [..., B, T, D]; row 0 (real tokens) is unused
+        return jnp.take(jnp.concatenate([jnp.zeros_like(table[..., :1, :]), table], axis=-2), step_index, axis=-2)
+
+    inputs = {"input_embeds": by_step(input_vectors(lookahead)), "embeds_mask": step_index > 0}
+    if kind_of(lookahead) == "deep":
+        inputs["layer_embeds"] = by_step(lookahead["layers"])
+    return inputs
 
 
 def bundled_path(domain: str = "text") -> Path:
@@ -96,22 +201,27 @@ def bundled_path(domain: str = "text") -> Path:
 
 
 def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, model_source: str = "",
-            key=None, domain: str = "text") -> tuple[jax.Array, str]:
-    """`--lookahead {default,text,code,none,PATH}` -> (vectors [L', d_emb], a description).
+            key=None, domain: str = "text") -> tuple:
+    """`--lookahead {default,text,code,none,PATH}` -> (parameters cut to L steps, a description).
 
-    For the bundled SmolLM2, 'text' uses the shipped vectors trained on Wikipedia text, 'code' those
-    trained on Python, and 'default' those of `domain`; other models fall back to the untrained
+    For the bundled SmolLM2, 'text' uses the shipped parameters trained on Wikipedia text, 'code'
+    those trained on Python, and 'default' those of `domain`; other models fall back to the untrained
     initialisation, which 'none' always means.
     """
     key = jax.random.key(0) if key is None else key
+    path = resolve_path(spec, model_source, domain)
+    if path is None:
+        return init_untrained(params, num_lookahead, key), "untrained (mean embedding + noise)"
+    name = path.name if path.parent == BUNDLED_DIR else str(spec)
+    return prepare(load(path, config), config, num_lookahead, str(path)), f"trained ({name})"
+
+
+def resolve_path(spec: str | None, model_source: str = "", domain: str = "text") -> Path | None:
+    """The file or directory `--lookahead` names (see `resolve`), or None for the untrained initialisation."""
     spec = spec or "default"
-    domain = {"default": domain, "text": "text", "code": "code"}.get(spec)
-    if domain and "SmolLM2-135M" in model_source and bundled_path(domain).is_file():
-        path = bundled_path(domain)
-        return check(load(path, config), config, num_lookahead, str(path))[:num_lookahead], f"trained ({path.name})"
+    shipped = {"default": domain, "text": "text", "code": "code"}.get(spec)
+    if shipped and "SmolLM2-135M" in model_source and bundled_path(shipped).is_file():
+        return bundled_path(shipped)
     if spec in ("text", "code"):
         raise LookaheadError(f"--lookahead {spec}: shipped vectors exist only for the bundled smollm2-135m")
-    if spec in ("default", "none"):
-        return init_untrained(params, num_lookahead, key), "untrained (mean embedding + noise)"
-    vectors = load(spec, config)
-    return check(vectors, config, num_lookahead, spec)[:num_lookahead], f"trained ({spec})"
+    return None if spec in ("default", "none") else Path(spec)

@@ -1,0 +1,50 @@
+"""`-L auto`: the prediction from acceptance and call costs, and the call-cost timer's shapes."""
+import jax
+import pytest
+
+from pass_jax import autotune
+from pass_jax.autotune import Setting
+
+ACCEPTANCE = {"1": [0.5, 0.4, 0.3, 0.2], "2": [0.7, 0.5, 0.4, 0.3], "3": [0.8, 0.6, 0.5, 0.4]}
+
+
+def test_expected_accepted_is_the_sum_of_reach_probabilities():
+    assert autotune.expected_accepted(ACCEPTANCE, (1, 1, 1)) == pytest.approx(0.5 + 0.5 * 0.4 + 0.5 * 0.4 * 0.3)
+    assert autotune.expected_accepted(ACCEPTANCE, (3, 1)) == pytest.approx(0.8 + 0.8 * 0.4)
+    with pytest.raises(autotune.AutotuneError, match="4 candidates"):
+        autotune.expected_accepted(ACCEPTANCE, (4,))
+    with pytest.raises(autotune.AutotuneError, match="depth 5"):
+        autotune.expected_accepted(ACCEPTANCE, (1,) * 5)
+
+
+def test_call_shapes_and_prediction():
+    two, one = Setting(2, (3, 1)), Setting(1, (3, 1))
+    assert two.call_shapes() == [(3, 3), (7, 7)]  # drafting [x_n, LA_1, LA_2]; root + 3 + 3 nodes
+    assert one.call_shapes() == [(21, 9)]  # 7 nodes x (1 + 2 look-ahead slots); 7 nodes + one group projected
+    equal = {shape: 1.0 for shape in two.call_shapes() + one.call_shapes()}
+    accepted = 0.8 + 0.8 * 0.4
+    assert autotune.predict(two, ACCEPTANCE, equal) == pytest.approx(
+        {"expected_accepted": accepted, "tokens_per_call": (accepted + 2) / 2, "ratio_vs_ar": (accepted + 2) / 2})
+    assert autotune.predict(one, ACCEPTANCE, equal)["ratio_vs_ar"] == pytest.approx(accepted + 1)
+    # a wide call that costs three ar steps makes single-call lose to two cheap calls
+    costly = {**equal, (21, 9): 3.0}
+    rows = autotune.choose([two, one], ACCEPTANCE, costly)
+    assert [setting for setting, _ in rows] == [two, one]
+
+
+def test_settings_without_acceptance_are_left_out_and_none_is_an_error():
+    rows = autotune.choose(autotune.candidate_settings(8), ACCEPTANCE,
+                           {s: 1.0 for st in autotune.candidate_settings(8) for s in st.call_shapes()})
+    assert rows and all(setting.num_lookahead <= 4 and max(setting.draft_tree) <= 3 for setting, _ in rows)
+    ratios = [prediction["ratio_vs_ar"] for _, prediction in rows]
+    assert ratios == sorted(ratios, reverse=True)
+    with pytest.raises(autotune.AutotuneError, match="acceptance"):
+        autotune.autotune(None, {}, greedy=False)
+
+
+def test_measure_call_costs_times_every_shape(tiny):
+    config, params = tiny
+    model = type("Model", (), {"config": config, "params": params})()
+    costs = autotune.measure_call_costs(model, [(5, 5), (21, 9)], context=16, repeats=2)
+    assert set(costs) == {(1, 1), (5, 5), (21, 9)} and all(ms > 0 for ms in costs.values())
+    assert autotune.relative(costs)[(1, 1)] == 1.0
