@@ -140,7 +140,7 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache: Cache | None = None, write_index=None,
-                 input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False):
+                 input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False, layer_embeds=None):
         c = self.config
         embedding = _param(self, "embedding", (c.vocab_size, c.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, tokens, axis=0).astype(c.jnp_dtype)
@@ -150,6 +150,8 @@ class Llama(nn.Module):
         inv_freq = rope_inv_freq(c)
         new_cache = []
         for i in range(c.num_layers):
+            if layer_embeds is not None:  # deep look-ahead: added to the residual stream at embeds_mask slots only
+                x = jnp.where(embeds_mask[..., None], x + layer_embeds[i].astype(c.jnp_dtype), x)
             x, layer_cache = Block(c, name=f"layer_{i}")(
                 x, positions, mask, inv_freq, None if cache is None else cache[i], write_index)
             new_cache.append(layer_cache)
@@ -182,7 +184,8 @@ def lm_head(params, config: LlamaConfig, hidden):
 
 
 def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache | None = None,
-            write_index=None, input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False):
+            write_index=None, input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False,
+            layer_embeds=None):
     """Pure forward pass.
 
     tokens: int [B, T]; positions: int [B, T] (RoPE positions); mask: bool [B, T, S] where S is the
@@ -190,9 +193,11 @@ def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache |
     [B]; input_embeds [B, T, D] replace token embeddings where `embeds_mask` [B, T] is true;
     logits_index [B] picks one position per row, [B, K] several. Returns (float32 logits, new cache
     or None); with hidden_only, (final hidden states [B, T, D], new cache) for `lm_head`.
+    layer_embeds [num_layers, B, T, D] are added to the residual stream before each layer where
+    `embeds_mask` is true (deep look-ahead parameters); other positions see the base model exactly.
     """
     return Llama(config).apply({"params": params}, tokens, positions, mask, cache, write_index,
-                               input_embeds, embeds_mask, logits_index, hidden_only)
+                               input_embeds, embeds_mask, logits_index, hidden_only, layer_embeds)
 
 
 def init_params(config: LlamaConfig, rng) -> dict[str, Any]:
