@@ -25,7 +25,9 @@ from typing import Any, Callable, Sequence
 import jax
 from tqdm.auto import tqdm
 
+from . import autotune
 from . import lookahead as lookahead_lib
+from .autotune import Setting
 from .cli import _read_prompts, add_sampling_args, sampling_from_args
 from .decoding import check_settings
 from .errors import PassJaxError
@@ -59,7 +61,10 @@ class BenchError(PassJaxError):
 class BenchSettings:
     """Everything a benchmark run needs besides the model and the prompts."""
 
-    num_lookahead: tuple[int, ...] = (1, 2, 4, 6, 8)
+    num_lookahead: tuple[int, ...] = (1, 2, 4, 6)
+    calls: tuple[int, ...] = (2, 1)  # PaSS calls per iteration to compare (--calls)
+    draft_trees: tuple[tuple[int, ...], ...] = ((3, 1, 1), (4, 2, 1))  # trees beside the chains of each L
+    auto: bool = True  # add the row `-L auto` picks (when the vectors carry acceptance metadata)
     max_new_tokens: int = 128
     sampling: SamplingConfig = PAPER  # top-k 10, temperature 0.8, as in the paper
     batch_size: int = 1
@@ -74,12 +79,17 @@ class BenchSettings:
     def __post_init__(self):
         if not self.num_lookahead:
             raise BenchError("--num-lookahead needs at least one value")
-        for value in self.num_lookahead:
-            check_settings("pass", value, self.max_new_tokens)
+        for setting in self.pass_settings():
+            check_settings("pass", setting.num_lookahead, self.max_new_tokens, setting.calls, setting.draft_tree)
         if self.rounds < 1:
             raise BenchError(f"--rounds must be >= 1, got {self.rounds}")
         if self.batch_size < 1:
             raise BenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    def pass_settings(self) -> list[Setting]:
+        """The PaSS rows: a chain of each L and each tree, with each number of calls."""
+        shapes = [(1,) * value for value in self.num_lookahead] + [tuple(t) for t in self.draft_trees]
+        return [Setting(calls, shape) for shape in shapes for calls in self.calls]
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -157,10 +167,12 @@ class PassJaxMethod:
 
     backend = "pass-jax"
 
-    def __init__(self, generator, num_lookahead: int | None):
+    def __init__(self, generator, setting: Setting | None, auto: bool = False):
         self.generator = generator
         self.name = PASS if generator.spec.mode == "pass" else AR
-        self.num_lookahead = num_lookahead
+        self.setting = setting
+        self.auto = auto
+        self.num_lookahead = None if setting is None else setting.num_lookahead
         self.decoding = "greedy" if generator.spec.sampling.greedy else "sample"
         self.batch_size = generator.batch_size
         self.lookahead_source = generator.lookahead_source
@@ -182,6 +194,8 @@ class TransformersMethod:
 
     backend = "transformers"
     num_lookahead = None
+    setting = None
+    auto = False
     lookahead_source = None
 
     def __init__(self, name: str, hf_model, tokenizer, generation_config, batch_size: int):
@@ -280,23 +294,45 @@ def transformers_methods(model, settings: BenchSettings) -> list[TransformersMet
                                settings.batch_size) for name, extra in configs]
 
 
-def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str]) -> dict[str, list[PassJaxMethod]]:
-    """AR plus PaSS for each L, per domain; generators with the same vectors are shared across domains."""
+def auto_setting(model, settings: BenchSettings, vectors: str, costs: dict) -> tuple[Setting, dict] | None:
+    """What `-L auto` picks for these vectors at the measured call costs (None without acceptance metadata)."""
+    path = lookahead_lib.resolve_path(settings.lookahead, model.source, vectors)
+    table = autotune.acceptance_table(lookahead_lib.read_metadata(path) if path else None, settings.sampling.greedy)
+    if table is None:
+        return None
+    candidates = autotune.candidate_settings(autotune.MAX_AUTO_L)
+    missing = {shape for c in candidates for shape in c.call_shapes()} - set(costs)
+    costs.update(autotune.measure_call_costs(model, missing, settings.batch_size) if missing else {})
+    return autotune.choose(candidates, table, autotune.relative(costs))[0]
+
+
+def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str], costs: dict | None = None
+                     ) -> dict[str, list[PassJaxMethod]]:
+    """AR plus PaSS for each setting (and the `-L auto` choice), per domain; generators with the same
+    vectors are shared across domains."""
     common = dict(max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
                   batch_size=settings.batch_size)
     ar = PassJaxMethod(Generator(model, mode="ar", **common), None)
-    cache: dict[tuple[int, str], PassJaxMethod] = {}
+    cache: dict[tuple[Setting, str], PassJaxMethod] = {}
     methods = {}
     for domain in domains:
         # `--lookahead default` means the shipped vectors trained on the prompts' domain
         vectors = "code" if domain == "code" else "text"
         key = vectors if settings.lookahead == "default" else settings.lookahead
-        for value in settings.num_lookahead:
-            if (value, key) not in cache:
-                generator = Generator(model, mode="pass", num_lookahead=value, lookahead=settings.lookahead,
-                                      domain=vectors, **common)
-                cache[value, key] = PassJaxMethod(generator, value)
-        methods[domain] = [ar] + [cache[value, key] for value in settings.num_lookahead]
+        chosen = settings.pass_settings()
+        auto = auto_setting(model, settings, vectors, costs) if settings.auto and costs is not None else None
+        if auto is not None:
+            _log(f"-L auto ({domain}): {auto[0].label()}, predicted {auto[1]['ratio_vs_ar']:.2f}x ar")
+        for setting in chosen + ([auto[0]] if auto else []):
+            if (setting, key) not in cache:
+                generator = Generator(model, mode="pass", num_lookahead=setting.num_lookahead, calls=setting.calls,
+                                      draft_tree=() if setting.is_chain else setting.draft_tree,
+                                      lookahead=settings.lookahead, domain=vectors, **common)
+                cache[setting, key] = PassJaxMethod(generator, setting)
+        rows = [cache[setting, key] for setting in chosen]
+        if auto:  # the auto row is its own method even when it repeats a listed setting
+            rows.append(PassJaxMethod(cache[auto[0], key].generator, auto[0], auto=True))
+        methods[domain] = [ar] + rows
     return methods
 
 
@@ -349,8 +385,12 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
                      device_mb: float | None, num_prompts: int) -> dict[str, Any]:
     """One JSON row: speeds over rounds plus, for pass-jax, the decode statistics of all rounds."""
     speeds = [r.new_tokens / r.wall_s if r.wall_s > 0 else 0.0 for r in results]
+    setting = method.setting
     row = {"domain": domain, "method": method.name, "backend": method.backend, "decoding": method.decoding,
-           "num_lookahead": method.num_lookahead, "lookahead_source": method.lookahead_source,
+           "num_lookahead": method.num_lookahead, "calls": None if setting is None else setting.calls,
+           "draft_tree": None if setting is None else list(setting.draft_tree),
+           "setting": "–" if setting is None else setting.label() + (" (auto)" if method.auto else ""),
+           "auto": method.auto, "lookahead_source": method.lookahead_source,
            "batch_size": method.batch_size, "prompts": num_prompts, "rounds": len(results),
            "new_tokens": sum(r.new_tokens for r in results), "wall_s": sum(r.wall_s for r in results),
            "tokens_per_s": statistics.median(speeds), "tokens_per_s_min": min(speeds),
@@ -367,8 +407,8 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
     calls = summary["model_calls"]
     if method.num_lookahead is None:  # AR: one token per call; the prefill is no loop iteration
         hist = {"1": calls - len(stats)}
-    else:  # an iteration with A accepted drafts commits A + 2 tokens (fewer when cut by EOS/budget)
-        hist = {str(accepted + 2): int(count) for accepted, count in enumerate(summary["accepted_hist"])}
+    else:  # an iteration with A accepted drafts commits A + calls tokens (fewer when cut by EOS/budget)
+        hist = {str(accepted + setting.calls): int(count) for accepted, count in enumerate(summary["accepted_hist"])}
     row.update(tokens_per_call=summary["tokens_per_call"], calls_per_token=calls / max(summary["new_tokens"], 1),
                mean_accepted=summary["mean_accepted"], position_acceptance=summary["position_acceptance"],
                tokens_per_iteration_hist=hist)
@@ -422,55 +462,22 @@ def roofline(model, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "ar_step_over_roofline": step_ms / (weight_bytes / best / 1e6)}
 
 
-def measure_call_costs(model, widths: Sequence[int], batch_size: int = 1, context: int = 256,
-                       repeats: int = 7) -> dict[str, Any]:
-    """Milliseconds of one cached decode call per input width (1 for AR, L+1 for PaSS), timed in
-    rotated order, and each relative to width 1.
-
-    PaSS makes two width-(L+1) calls per iteration where AR makes one width-1 call per token, so
-    tokens_per_call / relative[L+1] predicts its speed ratio from acceptance alone: on an
-    accelerator where wider calls cost about the same, relative ~ 1; on a CPU they do not.
-    """
-    import jax.numpy as jnp
-
-    from .model import causal_mask, forward, init_cache
-
-    config = model.config
-    length = 2 * context
-
-    def call(params, tokens, cache, index):
-        width = tokens.shape[1]
-        positions = index[:, None] + jnp.arange(width)[None]
-        return forward(params, config, tokens, positions, causal_mask(index, width, length), cache, index)
-
-    call = jax.jit(call, donate_argnums=2)
-    widths = sorted({1, *widths})
-    index = jnp.full((batch_size,), context, jnp.int32)
-    caches, times = {}, {w: [] for w in widths}
-    for width in widths:  # compile and warm up
-        logits, caches[width] = call(model.params, jnp.ones((batch_size, width), jnp.int32),
-                                     init_cache(config, batch_size, length), index)
-        logits.block_until_ready()
-    for repeat in range(repeats):
-        shift = repeat % len(widths)
-        for width in [*widths[shift:], *widths[:shift]]:
-            start = time.perf_counter()
-            logits, caches[width] = call(model.params, jnp.ones((batch_size, width), jnp.int32), caches[width], index)
-            logits.block_until_ready()
-            times[width].append(time.perf_counter() - start)
-    ms = {str(w): 1000 * statistics.median(t) for w, t in times.items()}
-    return {"batch_size": batch_size, "context": context, "ms": ms,
-            "relative": {w: value / ms["1"] for w, value in ms.items()}}
-
-
-def add_predictions(rows: list[dict[str, Any]], costs: dict[str, Any]) -> None:
-    """For each PaSS row: the speed ratio its acceptance predicts at this machine's call costs,
-    and at equal call costs (the memory-bound regime of the paper)."""
+def add_predictions(rows: list[dict[str, Any]], relative_cost: dict[tuple[int, int], float]) -> None:
+    """For each PaSS row: the speed ratio its measured tokens per call predict at this machine's call
+    costs (tokens per iteration over the iteration's cost in ar steps), and at equal call costs (the
+    memory-bound regime of the paper)."""
     for row in rows:
         if row["method"] == PASS and row["tokens_per_call"]:
-            relative = costs["relative"][str(row["num_lookahead"] + 1)]
-            row["predicted_ratio_vs_ar"] = row["tokens_per_call"] / relative
+            setting = Setting(row["calls"], tuple(row["draft_tree"]))
+            cost = sum(relative_cost[shape] for shape in setting.call_shapes())
+            row["iteration_cost_vs_ar_step"] = cost
+            row["predicted_ratio_vs_ar"] = row["tokens_per_call"] * setting.calls / cost
             row["predicted_ratio_equal_call_cost"] = row["tokens_per_call"]
+
+
+def _cost_key(shape: tuple[int, int]) -> str:
+    width, projected = shape
+    return str(width) if width == projected else f"{width}/{projected}"
 
 
 def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, progress: bool = False,
@@ -483,7 +490,11 @@ def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, 
     """
     log = log or _log
     notes = []
-    by_domain = pass_jax_methods(model, settings, list(prompts))
+    costs: dict[tuple[int, int], float] | None = None
+    if settings.call_costs or settings.auto:  # time one decode call per shape first: `-L auto` needs them
+        shapes = {shape for setting in settings.pass_settings() for shape in setting.call_shapes()}
+        costs = autotune.measure_call_costs(model, shapes, settings.batch_size)
+    by_domain = pass_jax_methods(model, settings, list(prompts), costs)
     if settings.transformers:
         reason = transformers_unavailable_reason()
         if reason is None:
@@ -515,16 +526,18 @@ def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, 
     rows = [summarize_method(method, domain, results[i], peaks[i], device_mb, len(prompts[domain]))
             for i, (domain, method) in enumerate(units)]
     add_ratios(rows)
-    costs = None
-    if settings.call_costs:
-        costs = measure_call_costs(model, [l + 1 for l in settings.num_lookahead], settings.batch_size)
-        add_predictions(rows, costs)
+    call_costs = None
+    if costs is not None:
+        add_predictions(rows, autotune.relative(costs))
+        call_costs = {"batch_size": settings.batch_size, "context": 256,
+                      "ms": {_cost_key(k): v for k, v in sorted(costs.items())},
+                      "relative": {_cost_key(k): v for k, v in sorted(autotune.relative(costs).items())}}
     notes.append("peak_host_mb is the process-wide peak resident memory when the row's last run ended "
                  "(it only grows); peak_device_mb is the device peak over the whole bench")
     return {"machine": machine_info(),
             "settings": {**settings.to_json(), "domains": {d: len(p) for d, p in prompts.items()},
                          "model": model.source, "torch_threads": os.cpu_count()},
-            "notes": notes, "runs": rows, "call_costs": costs,
+            "notes": notes, "runs": rows, "call_costs": call_costs,
             "roofline": roofline(model, rows) if settings.roofline else None}
 
 
@@ -535,12 +548,12 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = ("| domain | method | L | tok/s median [min, max] | × ar | × HF greedy | tok/call | "
+    header = ("| domain | method | setting | tok/s median [min, max] | × ar | × HF greedy | tok/call | "
               "mean accepted | compile/warm-up s | peak host MB |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['domain']} | {r['method']} | {r['num_lookahead'] if r['num_lookahead'] is not None else '–'} | "
+            f"| {r['domain']} | {r['method']} | {r.get('setting', '–')} | "
             f"{r['tokens_per_s']:.1f} [{r['tokens_per_s_min']:.1f}, {r['tokens_per_s_max']:.1f}] | "
             f"{_fmt(r['ratio_vs_ar'])} | {_fmt(r['ratio_vs_transformers_greedy'])} | {_fmt(r['tokens_per_call'])} | "
             f"{_fmt(r['mean_accepted'])} | {_fmt(r['compile_s'], 1)} | {_fmt(r['peak_host_mb'], 0)} |")
@@ -548,18 +561,20 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def call_cost_table(report: dict[str, Any]) -> str:
-    """Per L: the measured cost of a width-(L+1) call and the ratio PaSS's acceptance predicts."""
+    """Per PaSS row: its calls' shapes, their cost in ar steps, acceptance, predicted and measured ratio."""
     costs = report["call_costs"]
-    lines = [f"decode call cost by width (batch {costs['batch_size']}, {costs['context']} cached tokens): "
-             f"width 1 = {costs['ms']['1']:.1f} ms",
-             "", "| domain | L | call width | × width-1 cost | tok/call | predicted × ar | measured × ar | "
-             "× ar at equal call cost |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"decode call cost (batch {costs['batch_size']}, {costs['context']} cached tokens): width 1 = "
+             f"{costs['ms']['1']:.1f} ms; by width (/projected positions): "
+             + ", ".join(f"{k} {v:.2f}x" for k, v in costs["relative"].items()),
+             "", "| domain | setting | calls (width/projected) | iteration cost (ar steps) | tok/call | "
+             "acceptance by depth | predicted × ar | measured × ar |", "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
-        if r["predicted_ratio_vs_ar"] is not None:
-            width = r["num_lookahead"] + 1
-            lines.append(f"| {r['domain']} | {r['num_lookahead']} | {width} | {costs['relative'][str(width)]:.2f} | "
-                         f"{r['tokens_per_call']:.2f} | {r['predicted_ratio_vs_ar']:.2f} | {_fmt(r['ratio_vs_ar'])} | "
-                         f"{r['predicted_ratio_equal_call_cost']:.2f} |")
+        if r.get("predicted_ratio_vs_ar") is not None:
+            shapes = Setting(r["calls"], tuple(r["draft_tree"])).call_shapes()
+            acceptance = " ".join(f"{a:.2f}" for a in r["position_acceptance"])
+            lines.append(f"| {r['domain']} | {r['setting']} | {' + '.join(_cost_key(s) for s in shapes)} | "
+                         f"{r['iteration_cost_vs_ar_step']:.2f} | {r['tokens_per_call']:.2f} | {acceptance} | "
+                         f"{r['predicted_ratio_vs_ar']:.2f} | {_fmt(r['ratio_vs_ar'])} |")
     return "\n".join(lines)
 
 
@@ -572,14 +587,17 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in report["runs"] if r["method"] == PASS]
+    rows = [r for r in report["runs"] if r["method"] == PASS and not r.get("auto")
+            and all(k == 1 for k in r["draft_tree"])]  # chains: one line per domain and number of calls
     domains = list(dict.fromkeys(r["domain"] for r in rows))
     paths = [out_dir / name for name in PLOT_FILES]
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for domain in domains:
-        mine = [r for r in rows if r["domain"] == domain]
-        ax.plot([r["num_lookahead"] for r in mine], [r["ratio_vs_ar"] or 0.0 for r in mine], "o-", label=domain)
+        for calls in sorted({r["calls"] for r in rows}):
+            mine = [r for r in rows if r["domain"] == domain and r["calls"] == calls]
+            ax.plot([r["num_lookahead"] for r in mine], [r["ratio_vs_ar"] or 0.0 for r in mine], "o-",
+                    label=f"{domain}, {calls} call{'s' if calls == 2 else ''}")
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="autoregressive")
     ax.set(xlabel="look-ahead steps L", ylabel="speed-up over autoregressive (tokens/s)",
            title="PaSS speed-up")
@@ -589,7 +607,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for r in rows:
         positions = range(1, len(r["position_acceptance"]) + 1)
-        ax.plot(positions, r["position_acceptance"], "o-", label=f"{r['domain']} L={r['num_lookahead']}")
+        ax.plot(positions, r["position_acceptance"], "o-", label=f"{r['domain']} {r['setting']}")
     ax.set(xlabel="look-ahead position i", ylabel="acceptance rate", ylim=(0, 1), title="Draft acceptance")
     ax.legend(fontsize="small")
     _save(fig, paths[1])
@@ -602,8 +620,8 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
             hist = r["tokens_per_iteration_hist"]
             total = sum(hist.values()) or 1
             ax.bar([int(t) + (k - (len(mine) - 1) / 2) * width for t in hist], [c / total for c in hist.values()],
-                   width=width, label=f"L={r['num_lookahead']}")
-        ax.set(xlabel="tokens committed per iteration (2 calls)", ylabel="fraction of iterations", title=domain)
+                   width=width, label=r["setting"])
+        ax.set(xlabel="tokens committed per iteration", ylabel="fraction of iterations", title=domain)
         ax.legend(fontsize="small")
     _save(fig, paths[2])
     return paths
@@ -624,10 +642,25 @@ def _log(message: str) -> None:
 
 
 def settings_from_args(args) -> BenchSettings:
-    return BenchSettings(num_lookahead=parse_int_list(args.num_lookahead, "--num-lookahead"),
-                         max_new_tokens=args.max_new_tokens,
+    values = [v.strip() for v in args.num_lookahead.split(",") if v.strip()]
+    auto = "auto" in values
+    chains = parse_int_list(",".join(v for v in values if v != "auto"), "--num-lookahead") if len(values) > auto else ()
+    given = [text for text in (args.draft_tree or []) if text != "none"]
+    trees = tuple(_parse_tree(text) for text in given) if args.draft_tree else BenchSettings.draft_trees
+    if not chains and not trees and not auto:
+        raise BenchError("give at least one PaSS setting: --num-lookahead, --draft-tree or auto")
+    return BenchSettings(num_lookahead=chains, calls=parse_int_list(args.calls, "--calls"), draft_trees=trees,
+                         auto=auto, max_new_tokens=args.max_new_tokens,
                          sampling=sampling_from_args(args), batch_size=args.batch_size, rounds=args.rounds,
                          lookahead=args.lookahead, seed=args.seed, transformers=not args.no_transformers)
+
+
+def _parse_tree(text: str) -> tuple[int, ...]:
+    from .draft_tree import parse
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
 
 
 def cmd_bench(args) -> int:
@@ -682,8 +715,13 @@ def register(subparsers) -> None:
     parser.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
                         help="look-ahead vectors: default (the shipped ones for the prompts' domain), none "
                              "(untrained), or a .npz / Orbax path")
-    parser.add_argument("--num-lookahead", "-L", default="1,2,4,6,8", metavar="L1,L2,...",
-                        help="PaSS look-ahead steps to compare (default 1,2,4,6,8)")
+    parser.add_argument("--num-lookahead", "-L", default="1,2,4,6,auto", metavar="L1,L2,...[,auto]",
+                        help="PaSS chains of L look-ahead steps to compare; auto adds the setting `generate -L auto` "
+                             "picks from the vectors' acceptance and this machine's call costs (default 1,2,4,6,auto)")
+    parser.add_argument("--calls", default="2,1", metavar="C1,C2",
+                        help="model calls per PaSS iteration to compare: 2 (the paper) and/or 1 (default 2,1)")
+    parser.add_argument("--draft-tree", action="append", metavar="K1,K2,...",
+                        help="a draft tree to compare (repeatable; default 3,1,1 and 4,2,1; none for no tree)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     add_sampling_args(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1; "

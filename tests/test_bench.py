@@ -16,12 +16,13 @@ ROW_KEYS = {"domain", "method", "backend", "decoding", "num_lookahead", "lookahe
             "tokens_per_s_rounds", "ratio_vs_ar", "ratio_vs_transformers_greedy", "tokens_per_call",
             "calls_per_token", "mean_accepted", "predicted_ratio_vs_ar", "predicted_ratio_equal_call_cost",
             "position_acceptance", "tokens_per_iteration_hist", "compile_s",
-            "peak_host_mb", "peak_device_mb"}
+            "peak_host_mb", "peak_device_mb", "calls", "draft_tree", "setting", "auto"}
 MACHINE_KEYS = {"cpu", "cores", "jax", "jaxlib", "transformers", "torch", "backend", "device_kind"}
 PROMPTS = {"text": ["the quick brown fox jumps over", "parallel speculative sampling drafts several"],
            "code": ["jax flax llama cache mesh shard tensor"]}
-SETTINGS = BenchSettings(num_lookahead=(1, 3), max_new_tokens=8, sampling=SamplingConfig(temperature=0.8, top_k=10),
-                         rounds=2, lookahead="none")
+SETTINGS = BenchSettings(num_lookahead=(3,), calls=(2, 1), draft_trees=((2, 1),), auto=False, max_new_tokens=8,
+                         sampling=SamplingConfig(temperature=0.8, top_k=10), rounds=2, lookahead="none")
+PASS_SETTINGS = ["L=3, 2 calls", "L=3, 1 call", "tree 2,1, 2 calls", "tree 2,1, 1 call"]
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +43,17 @@ def report(tiny_model):
     return bench.run_bench(tiny_model, PROMPTS, SETTINGS)
 
 
-def _row(report, domain, method, num_lookahead=None):
-    return next(r for r in report["runs"] if (r["domain"], r["method"], r["num_lookahead"])
-                == (domain, method, num_lookahead))
+def _row(report, domain, method, setting="–"):
+    return next(r for r in report["runs"] if (r["domain"], r["method"], r["setting"]) == (domain, method, setting))
 
 
 def test_report_has_every_method_and_field(report):
     assert MACHINE_KEYS <= set(report["machine"])
-    assert report["settings"]["num_lookahead"] == [1, 3] and report["settings"]["rounds"] == 2
+    assert report["settings"]["num_lookahead"] == [3] and report["settings"]["rounds"] == 2
     expected = {(d, m, n) for d in PROMPTS for m, n in
-                [(AR, None), (PASS, 1), (PASS, 3), (HF_GREEDY, None), (HF_SAMPLE, None), (HF_LOOKUP, None)]}
-    assert {(r["domain"], r["method"], r["num_lookahead"]) for r in report["runs"]} == expected
+                [(AR, "–"), *[(PASS, label) for label in PASS_SETTINGS], (HF_GREEDY, "–"), (HF_SAMPLE, "–"),
+                 (HF_LOOKUP, "–")]}
+    assert {(r["domain"], r["method"], r["setting"]) for r in report["runs"]} == expected
     for row in report["runs"]:
         assert set(row) >= ROW_KEYS, ROW_KEYS - set(row)
         assert row["rounds"] == 2 and len(row["tokens_per_s_rounds"]) == 2
@@ -73,17 +74,18 @@ def test_ratios_match_own_tokens_per_s(report):
 def test_pass_jax_statistics(report):
     ar = _row(report, "text", AR)
     assert ar["calls_per_token"] == pytest.approx(1.0) and ar["mean_accepted"] == 0.0
-    for num_lookahead in (1, 3):
-        row = _row(report, "text", PASS, num_lookahead)
-        assert len(row["position_acceptance"]) == num_lookahead
+    for label in PASS_SETTINGS:
+        row = _row(report, "text", PASS, label)
+        num_lookahead, calls = row["num_lookahead"], row["calls"]
+        assert len(row["position_acceptance"]) == num_lookahead == len(row["draft_tree"])
         assert all(0.0 <= a <= 1.0 for a in row["position_acceptance"])
-        assert set(row["tokens_per_iteration_hist"]) == {str(a + 2) for a in range(num_lookahead + 1)}
+        assert set(row["tokens_per_iteration_hist"]) == {str(a + calls) for a in range(num_lookahead + 1)}
         assert 0.0 <= row["mean_accepted"] <= num_lookahead
         assert row["tokens_per_call"] == pytest.approx(1 / row["calls_per_token"])
         assert row["compile_s"] > 0 and row["lookahead_source"].startswith("untrained")
     hf = _row(report, "text", HF_LOOKUP)
     assert hf["tokens_per_call"] is None and hf["batch_size"] == 1
-    assert "| text | pass-jax-pass | 3 |" in bench.markdown_table(report["runs"])
+    assert "| text | pass-jax-pass | L=3, 1 call |" in bench.markdown_table(report["runs"])
 
 
 def test_plots_are_written(report, tmp_path):
@@ -100,6 +102,7 @@ def test_cli_without_transformers(hf_dir, tmp_path, monkeypatch, capsys):
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS["text"]))
     out = tmp_path / "bench.json"
     code = main(["bench", "--model", str(hf_dir), "--prompts", str(prompts), "--num-lookahead", "2",
+                 "--calls", "1", "--draft-tree", "none",
                  "--max-new-tokens", "6", "--rounds", "1", "--lookahead", "none", "--temperature", "0",
                  "--json", str(out), "--plot", str(tmp_path / "plots")])
     captured = capsys.readouterr()
@@ -117,6 +120,9 @@ def test_cli_without_transformers(hf_dir, tmp_path, monkeypatch, capsys):
     (["--num-lookahead", "0,2"], "must be >= 1"),
     (["--num-lookahead", "two"], "comma list of integers"),
     (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--calls", "3"], "calls must be 1"),
+    (["--draft-tree", "2,0"], ">= 1 candidate per depth"),
+    (["--draft-tree", "2,x"], "comma-separated candidate counts"),
     (["--top-k", "0"], "top-k must be >= 1"),
     (["--prompts", "missing.jsonl"], "not found"),
 ])
@@ -154,16 +160,42 @@ def test_roofline_relates_ar_step_to_bandwidth(report, tiny_model):
 
 
 def test_call_costs_predict_pass_from_its_acceptance(report):
-    """Widths 1 and L+1 are timed; each PaSS row's prediction is its tokens/call over that cost."""
+    """Every call shape is timed; each PaSS row's prediction is its tokens per iteration over the
+    iteration's cost in ar steps."""
+    from pass_jax.autotune import Setting
+
     costs = report["call_costs"]
-    assert set(costs["ms"]) == {"1", "2", "4"} and all(ms > 0 for ms in costs["ms"].values())
-    assert costs["relative"]["1"] == pytest.approx(1.0)
+    # ar; two calls: [x_n, LA..] and the tree (widths 4, and 3 + 5 for tree 2,1: 1 + 2 + 2 nodes);
+    # one call: nodes x (1 + L) wide with nodes + L positions projected
+    assert set(costs["ms"]) == {"1", "4", "5", "3", "16/7", "15/7"}
+    assert all(ms > 0 for ms in costs["ms"].values()) and costs["relative"]["1"] == pytest.approx(1.0)
     for row in report["runs"]:
         if row["method"] == PASS:
-            relative = costs["relative"][str(row["num_lookahead"] + 1)]
-            assert row["predicted_ratio_vs_ar"] == pytest.approx(row["tokens_per_call"] / relative)
+            shapes = Setting(row["calls"], tuple(row["draft_tree"])).call_shapes()
+            cost = sum(costs["relative"][bench._cost_key(shape)] for shape in shapes)
+            assert row["predicted_ratio_vs_ar"] == pytest.approx(row["tokens_per_call"] * row["calls"] / cost)
             assert row["predicted_ratio_equal_call_cost"] == row["tokens_per_call"]
         else:
             assert row["predicted_ratio_vs_ar"] is None
     table = bench.call_cost_table(report)
-    assert table.count("\n| text |") == 2 and table.count("\n| code |") == 2
+    assert table.count("\n| text |") == len(PASS_SETTINGS) and table.count("\n| code |") == len(PASS_SETTINGS)
+
+
+def test_auto_row_is_the_best_predicted_setting(tiny_model, tmp_path):
+    """With acceptance metadata beside the vectors, the bench adds the row `-L auto` picks."""
+    from pass_jax import autotune, lookahead
+
+    acceptance = {"1": [0.9, 0.9], "2": [0.95, 0.9], "3": [0.97, 0.9], "4": [0.98, 0.9]}
+    path = tmp_path / "la.npz"
+    lookahead.save(path, lookahead.init_random(tiny_model.config, 2, jax.random.key(0)),
+                   {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
+    settings = BenchSettings(num_lookahead=(1,), calls=(2,), draft_trees=(), auto=True, max_new_tokens=6,
+                             sampling=SamplingConfig(temperature=0.8, top_k=10), rounds=1, lookahead=str(path),
+                             transformers=False, roofline=False)
+    report = bench.run_bench(tiny_model, {"text": PROMPTS["text"][:1]}, settings)
+    auto = [r for r in report["runs"] if r["auto"]]
+    assert len(auto) == 1 and auto[0]["setting"].endswith("(auto)")
+    relative = {tuple(int(x) for x in k.split("/")) if "/" in k else (int(k), int(k)): v
+                for k, v in report["call_costs"]["relative"].items()}
+    best = autotune.choose(autotune.candidate_settings(autotune.MAX_AUTO_L), acceptance, relative)[0][0]
+    assert (auto[0]["calls"], tuple(auto[0]["draft_tree"])) == (best.calls, best.draft_tree)
