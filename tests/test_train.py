@@ -13,6 +13,7 @@ from pass_jax.cli import main
 from pass_jax.config import load_preset
 from pass_jax.loading import LoadedModel
 from pass_jax.model import forward, init_params
+from pass_jax.sampling import SamplingConfig, probabilities
 from pass_jax.sharding import make_mesh
 from train import loop, losses
 from train.data import PackedDataset
@@ -108,9 +109,15 @@ def test_masked_forward_and_losses_match_the_explicit_forward(params):
     positions = jnp.broadcast_to(jnp.arange(SEQ_LEN), (2, SEQ_LEN))
     plain, _ = jax.jit(forward, static_argnums=1)(sharp, CONFIG, tokens, positions, causal)
     np.testing.assert_allclose(token_logits, plain, rtol=1e-5, atol=1e-5)  # the token part is a plain forward
-    log_p = jax.nn.log_softmax(np.take_along_axis(np.asarray(plain), index.reshape(2, -1, 1), 1).reshape(want.shape))
-    want_kl = (np.exp(log_p) * (log_p - log_q)).sum(-1).mean()
-    for objective, expected in (("ce", want_ce), ("distill", want_kl)):
+    # kl: the model's processed distribution there (top-k 10, T 0.8) against the draft at T 0.8
+    model_at = np.take_along_axis(np.asarray(plain), index.reshape(2, -1, 1), 1).reshape(want.shape)
+    p = np.asarray(probabilities(jnp.asarray(model_at), SamplingConfig()))
+    log_q_t = np.asarray(jax.nn.log_softmax(want / 0.8))
+    want_kl = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - log_q_t), 0).sum(-1).mean()
+    q = np.asarray(probabilities(jnp.asarray(want), SamplingConfig()))
+    want_accept = 1 - np.minimum(p, q).sum(-1).mean()
+    want_tv = 1 - np.minimum(p, np.exp(log_q_t)).sum(-1).mean()
+    for objective, expected in (("ce", want_ce), ("kl", want_kl), ("accept", want_accept), ("tv", want_tv)):
         loss, metrics = objectives[objective]
         np.testing.assert_allclose(loss, expected, rtol=1e-5)
         np.testing.assert_allclose(metrics["acc"], (want.argmax(-1) == targets).mean((0, 1)))
@@ -195,12 +202,14 @@ def test_unknown_config_key_is_named(capsys):
 
 @pytest.mark.parametrize("override, message", [
     ("train.steps=ten", "train.steps must be int"),
-    ("train.loss=mse", "train.loss must be one of ce, distill"),
+    ("train.loss=mse", "train.loss must be one of ce, kl, tv, accept"),
+    ("train.kind=lora", "train.kind must be one of vectors, deep"),
+    ("train.prefix=masked train.targets=self", "train.targets=self needs train.prefix=cached"),
     ("train.anchors_per_seq=100", "exceeds the 59 anchors"),
     ("nosuch.key=1", "unknown config key(s) nosuch"),
 ])
 def test_bad_config_values_give_clear_errors(capsys, override, message):
-    assert main(["train", "--config", "tiny_overfit", override]) == 2
+    assert main(["train", "--config", "tiny_overfit", *override.split()]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -1,11 +1,12 @@
 """The look-ahead training loop: run configs, one jitted step, eval, checkpoints, export.
 
-Only the look-ahead vectors [L, d_emb] are trained. The base parameters are an ordinary,
-non-differentiated argument of the jitted step (never closed over, so never baked into the
-program, and never copied per step); gradients and optimizer state exist for the vectors alone.
+Only the look-ahead parameters (`pass_jax.lookahead`, any kind) are trained. The base parameters
+are an ordinary, non-differentiated argument of the jitted step (never closed over, so never baked
+into the program, and never copied per step); gradients and optimizer state exist for the
+look-ahead parameters alone.
 
 A run directory holds `config.json`, `metrics.jsonl` (one JSON object per log/eval point),
-`checkpoints/` (Orbax: vectors, optimizer state, step; the data position is the step, see
+`checkpoints/` (Orbax: look-ahead parameters, optimizer state, step; the data position is the step, see
 `train.data.PackedDataset`) and, at the end, `lookahead.npz` + `lookahead.json` (the format
 `pass-jax generate --lookahead PATH` reads).
 """
@@ -35,7 +36,12 @@ from pass_jax.model import init_params
 from pass_jax.sharding import make_mesh, shard_params
 from train.corpora import CorpusError
 from train.data import PackedDataset, build_packed_dataset
-from train.losses import OBJECTIVES, lookahead_loss, num_valid_anchors, sample_anchors
+from pass_jax.sampling import SamplingConfig
+from train import diagnostic
+from train.losses import (OBJECTIVES, TARGETS, cached_loss, lookahead_loss, num_valid_anchors, sample_anchors,
+                          teach)
+
+PREFIXES = ("cached", "masked")
 
 RANDOM_MODEL = "random"
 
@@ -74,12 +80,18 @@ class DataSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
-    """num_lookahead: L; batch_size: global rows per step; anchors_per_seq: look-ahead groups per
-    row; loss: ce | distill (see train.losses); steps, lr, warmup: the warmup-cosine schedule;
-    clip: global gradient norm; eval_every/eval_batches, checkpoint_every/keep: schedules, in steps;
-    init: start from exported vectors (a look-ahead .npz) instead of the untrained ones."""
+    """num_lookahead: L; kind: vectors (the paper) | deep (per-layer vectors too, see
+    pass_jax.lookahead); batch_size: global rows per step; anchors_per_seq: look-ahead groups per
+    row; loss: ce | kl | tv | accept, targets: data | self, temperature/top_k: the decode's sampling
+    that kl/tv/accept distil (see train.losses); prefix: cached (one no-gradient pass over the
+    tokens) | masked (the reference: one masked forward and backward over tokens and groups);
+    steps, lr, warmup: the warmup-cosine schedule; clip: global gradient norm;
+    eval_every/eval_batches, checkpoint_every/keep: schedules, in steps; eval_sequences x
+    eval_anchors_per_seq: held-out anchors of the [LA]_1 acceptance-and-ceiling eval (0: off);
+    init: start from exported look-ahead parameters (a .npz or Orbax dir, any kind)."""
 
     num_lookahead: int = 8
+    kind: str = "vectors"
     batch_size: int = 8
     steps: int = 1000
     lr: float = 1e-3
@@ -88,13 +100,23 @@ class TrainSection:
     clip: float = 1.0
     anchors_per_seq: int = 32
     loss: str = "ce"
+    targets: str = "data"
+    temperature: float = 0.8
+    top_k: int = 10
+    prefix: str = "cached"
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 100
     keep: int = 3
+    eval_sequences: int = 16
+    eval_anchors_per_seq: int = 4
     init: str | None = None
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_k=self.top_k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +149,8 @@ class RunConfig:
 
 _SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection, "output": OutputSection}
 _POSITIVE = ("seq_len", "max_documents", "max_tokens", "eval_max_tokens", "num_lookahead", "batch_size", "steps",
-             "anchors_per_seq", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep")
+             "anchors_per_seq", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep", "temperature",
+             "top_k")
 
 
 def _checked(value: Any, hint: Any, key: str) -> Any:
@@ -174,8 +197,15 @@ def run_config_from_dict(data: dict, name: str) -> RunConfig:
 
 def _check_consistency(config: RunConfig) -> None:
     t, d = config.train, config.data
-    if t.loss not in OBJECTIVES:
-        raise ConfigError(f"train.loss must be one of {', '.join(OBJECTIVES)}, got {t.loss!r}")
+    choices = {"loss": OBJECTIVES, "targets": TARGETS, "kind": lookahead_lib.KINDS, "prefix": PREFIXES}
+    for key, allowed in choices.items():
+        if getattr(t, key) not in allowed:
+            raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(t, key)!r}")
+    if t.prefix == "masked" and t.targets != "data":
+        raise ConfigError("train.targets=self needs train.prefix=cached (the continuation is sampled on the cache)")
+    if (t.eval_sequences == 0) != (t.eval_anchors_per_seq == 0) or min(t.eval_sequences, t.eval_anchors_per_seq) < 0:
+        raise ConfigError("train.eval_sequences and train.eval_anchors_per_seq must both be positive, or both 0 "
+                          "(no acceptance eval)")
     if t.anchors_per_seq > num_valid_anchors(d.seq_len, t.num_lookahead):
         raise ConfigError(f"train.anchors_per_seq={t.anchors_per_seq} exceeds the "
                           f"{num_valid_anchors(d.seq_len, t.num_lookahead)} anchors with all "
@@ -300,24 +330,26 @@ def make_optimizer(t: TrainSection) -> optax.GradientTransformation:
 
 
 def init_state(model: LoadedModel, t: TrainSection, mesh) -> dict:
-    """Step 0: untrained vectors (mean embedding + noise), or those of `t.init`, kept in float32
-    whatever the model dtype.
+    """Step 0: untrained look-ahead parameters of train.kind (mean embedding + noise, zero per-layer
+    vectors), or those of `t.init` converted to that kind, kept in float32 whatever the model dtype.
 
     Built under jit straight into replicated arrays, which also works when the embedding is
     sharded across hosts."""
     start = None
     if t.init:
-        start = lookahead_lib.load(t.init, model.config)
-        lookahead_lib.check(start, model.config, t.num_lookahead, f"train.init={t.init}")
-        start = np.asarray(start[:t.num_lookahead], np.float32)
+        loaded = lookahead_lib.as_kind(lookahead_lib.load(t.init, model.config), t.kind, model.config.num_layers)
+        start = jax.tree.map(lambda x: np.asarray(x, np.float32),
+                             lookahead_lib.prepare(loaded, model.config, t.num_lookahead, f"train.init={t.init}"))
 
     def init(embedding):
         if start is None:
-            vectors = lookahead_lib.init_untrained({"embedding": embedding}, t.num_lookahead, _keys(t.seed)[0])
+            lookahead = lookahead_lib.init(t.kind, {"embedding": embedding}, model.config, t.num_lookahead,
+                                           _keys(t.seed)[0])
         else:
-            vectors = jnp.asarray(start)
-        vectors = vectors.astype(jnp.float32)
-        return {"step": jnp.zeros((), jnp.int32), "lookahead": vectors, "opt_state": make_optimizer(t).init(vectors)}
+            lookahead = jax.tree.map(jnp.asarray, start)
+        lookahead = jax.tree.map(lambda x: x.astype(jnp.float32), lookahead)
+        return {"step": jnp.zeros((), jnp.int32), "lookahead": lookahead,
+                "opt_state": make_optimizer(t).init(lookahead)}
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))(model.params["embedding"])
 
@@ -336,8 +368,15 @@ def make_train_step(config: LlamaConfig, t: TrainSection):
     def train_step(params, state, tokens):
         key = jax.random.fold_in(_keys(t.seed)[1], state["step"])
         anchors = sample_anchors(key, tokens.shape[0], tokens.shape[1], t.anchors_per_seq, t.num_lookahead)
-        grad_fn = jax.value_and_grad(lookahead_loss, has_aux=True)  # w.r.t. the look-ahead vectors only
-        (_, metrics), grads = grad_fn(state["lookahead"], params, config, tokens, anchors, t.loss)
+        if t.prefix == "masked":
+            loss = functools.partial(lookahead_loss, params=params, config=config, tokens=tokens, anchors=anchors)
+        else:  # the frozen model's part runs once, outside the gradient
+            teacher = teach(params, config, tokens, anchors, t.num_lookahead, t.sampling, t.targets,
+                            jax.random.fold_in(key, 1))
+            loss = functools.partial(cached_loss, params=params, config=config, teacher=teacher,
+                                     seq_len=tokens.shape[1], anchors=anchors)
+        grad_fn = jax.value_and_grad(loss, has_aux=True)  # w.r.t. the look-ahead parameters only
+        (_, metrics), grads = grad_fn(state["lookahead"], objective=t.loss, sampling=t.sampling)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["lookahead"])
         new_state = {"step": state["step"] + 1, "lookahead": optax.apply_updates(state["lookahead"], updates),
                      "opt_state": opt_state}
@@ -348,12 +387,14 @@ def make_train_step(config: LlamaConfig, t: TrainSection):
 
 @functools.cache
 def make_eval_step(config: LlamaConfig, t: TrainSection):
-    """jit(params, vectors, tokens, index) -> metrics. Anchors come from a fixed key (not the run's
-    seed), so eval numbers of different runs are comparable."""
-    def eval_step(params, vectors, tokens, index):
+    """jit(params, look-ahead parameters, tokens, index) -> metrics on data targets (whatever the
+    run's targets), cached prefix. Anchors come from a fixed key (not the run's seed), so eval
+    numbers of different runs are comparable."""
+    def eval_step(params, lookahead, tokens, index):
         key = jax.random.fold_in(jax.random.key(0), index)
         anchors = sample_anchors(key, tokens.shape[0], tokens.shape[1], t.anchors_per_seq, t.num_lookahead)
-        return lookahead_loss(vectors, params, config, tokens, anchors, t.loss)[1]
+        teacher = teach(params, config, tokens, anchors, t.num_lookahead, t.sampling)
+        return cached_loss(lookahead, params, config, teacher, tokens.shape[1], anchors, t.loss, t.sampling)[1]
 
     return jax.jit(eval_step)
 
@@ -365,13 +406,21 @@ def _mean_metrics(metrics: list[dict]) -> dict[str, Any]:
     return {k: np.mean([m[k] for m in host], axis=0, dtype=np.float64).round(6).tolist() for k in host[0]}
 
 
-def evaluate(eval_step, params, vectors, data: PackedDataset, t: TrainSection, mesh) -> dict[str, Any]:
-    """Mean metrics over the first `eval_batches` batches of the test split (never repeating rows)."""
+def evaluate(eval_step, model: LoadedModel, lookahead, data: PackedDataset, t: TrainSection, mesh) -> dict[str, Any]:
+    """Mean metrics over the first `eval_batches` batches of the test split (never repeating rows),
+    and (single-process runs) [LA]_1's exact acceptance and the blind-drafter ceilings on
+    eval_sequences x eval_anchors_per_seq held-out anchors (`train.diagnostic`, depth 1)."""
     batch = min(local_batch_size(t, mesh), len(data))
     num = min(t.eval_batches, data.steps_per_epoch(batch))
-    results = [eval_step(params, vectors, global_array_from_local(rows, mesh), i)
-               for i, rows in data.batches(batch, num_steps=num)]
-    return _mean_metrics(results)
+    results = _mean_metrics([eval_step(model.params, lookahead, global_array_from_local(rows, mesh), i)
+                             for i, rows in data.batches(batch, num_steps=num)])
+    if t.eval_sequences and jax.process_count() == 1:
+        tokens, anchors = diagnostic.pick_anchors(data, t.eval_sequences, t.eval_anchors_per_seq)
+        spec = diagnostic.DiagnosticSpec(num_lookahead=1, sampling=t.sampling, depth=1, max_candidates=1)
+        found = diagnostic.diagnose(model.params, model.config, lookahead, tokens, anchors, spec, progress=False)
+        results.update(accept1=round(found["model_path"][0], 6),
+                       ceiling1={kind: round(v[0], 6) for kind, v in found["ceiling"].items()})
+    return results
 
 
 # --------------------------------------------------------------------------
@@ -466,10 +515,10 @@ def train(config: RunConfig, model: LoadedModel, mesh, train_data: PackedDataset
         log = MetricsLog(run_dir / "metrics.jsonl", start)
         eval_step = make_eval_step(model.config, t)
         if start == 0:  # the untrained baseline
-            log.write({"step": 0, "split": "eval", **evaluate(eval_step, model.params, state["lookahead"],
-                                                               eval_data, t, mesh)})
+            log.write({"step": 0, "split": "eval", **evaluate(eval_step, model, state["lookahead"], eval_data, t,
+                                                               mesh)})
         state = _train_steps(config, model, mesh, train_data, eval_data, state, manager, log, eval_step)
-        final = evaluate(eval_step, model.params, state["lookahead"], eval_data, t, mesh)
+        final = evaluate(eval_step, model, state["lookahead"], eval_data, t, mesh)
         log.write({"step": t.steps, "split": "eval", **final})
         save_checkpoint(manager, t.steps, state, train_data, t, force=True)
     _export(config, model, gather_to_host(state["lookahead"]), final, train_data, eval_data, command)
@@ -501,13 +550,14 @@ def _train_steps(config: RunConfig, model: LoadedModel, mesh, train_data, eval_d
             record = _mean_metrics(pending)
             step_s = (time.perf_counter() - tick) / len(pending)
             log.write({"step": step, "split": "train", "lr": float(schedule(index)), **record,
-                       "step_s": round(step_s, 4), "tokens_per_s": round(tokens_per_step / step_s, 1)})
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc1=f"{record['acc'][0]:.3f}")
+                       "step_s": round(step_s, 4), "tokens_per_s": round(tokens_per_step / step_s, 1),
+                       "anchors_per_s": round(t.batch_size * t.anchors_per_seq / step_s, 2)})
+            bar.set_postfix(loss=f"{record['loss']:.3f}", accept1=f"{record['accept'][0]:.3f}")
             pending, tick = [], time.perf_counter()
         if step % t.eval_every == 0 and step < t.steps:  # the final eval follows the loop
             eval_start = time.perf_counter()
             log.write({"step": step, "split": "eval",
-                       **evaluate(eval_step, model.params, state["lookahead"], eval_data, t, mesh)})
+                       **evaluate(eval_step, model, state["lookahead"], eval_data, t, mesh)})
             tick += time.perf_counter() - eval_start  # eval time is not step time
         save_checkpoint(manager, step, state, train_data, t)
     bar.close()
@@ -523,12 +573,14 @@ def _export(config: RunConfig, model: LoadedModel, vectors, final: dict, train_d
         "format": "pass-jax-lookahead-v1",
         "model": model.source,
         "num_lookahead": t.num_lookahead,
+        "parameters": lookahead_lib.num_parameters(vectors),
         "hidden_size": model.config.hidden_size,
         "config": dataclasses.asdict(config),
         "data": {"source": config.data.source, "seq_len": train_data.seq_len,
                  "train_sequences": len(train_data) * jax.process_count(),
                  "test_sequences": len(eval_data) * jax.process_count(),
-                 "tokens_seen": t.steps * t.batch_size * train_data.seq_len},
+                 "tokens_seen": t.steps * t.batch_size * train_data.seq_len,
+                 "target_tokens": t.steps * t.batch_size * t.anchors_per_seq * t.num_lookahead},
         "steps": t.steps,
         "final_eval": final,
         "command": command,
