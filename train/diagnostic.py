@@ -369,3 +369,49 @@ def _summarize(parts: dict[str, list], spec: DiagnosticSpec, num_anchors: int) -
         "greedy_agreement": [float(np.mean(h[:, 0])) for h in hits],
         "exact_positions": positions,
     }
+
+
+def _row(name: str, values) -> str:
+    return f"{name:<26}" + "".join(f"{'-' if v is None else f'{v:.3f}':>7}" for v in values)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text summary of a diagnostic for the terminal."""
+    num_l = len(result["greedy_agreement"])
+    lines = [f"{result['anchors']} anchors, top-k {result['sampling']['top_k']}, "
+             f"T {result['sampling']['temperature']}", _row("[LA]_i", range(1, num_l + 1)).replace(".000", "    ")]
+    for kind, values in result["ceiling"].items():
+        lines.append(_row(f"ceiling ({kind})", values))
+    lines.append(_row("drafts (same weights)", result["model_path"]))
+    for kind, values in result["fraction_of_ceiling"].items():
+        lines.append(_row(f"fraction of {kind}", values))
+    for mode in ("sampled", "greedy"):
+        for k, values in result["acceptance"][mode].items():
+            lines.append(_row(f"{mode}, K={k} (given < i)", values))
+    lines.append(_row("greedy agreement", result["greedy_agreement"]))
+    return "\n".join(lines)
+
+
+def metadata_target(spec: str, model_source: str, domain: str):
+    """The parameters file whose metadata `--write-metadata` updates: a path, or the shipped file."""
+    from pass_jax.errors import PassJaxError
+
+    if spec in ("default", "text", "code"):
+        path = lookahead_lib.bundled_path(domain if spec == "default" else spec)
+        if "SmolLM2-135M" not in model_source or not path.is_file():
+            raise PassJaxError(f"--write-metadata: --lookahead {spec} names no shipped file for this model")
+        return path
+    if spec == "none":
+        raise PassJaxError("--write-metadata needs a parameters file (--lookahead PATH, text or code), not 'none'")
+    return spec
+
+
+def write_metadata(path, result: dict[str, Any]) -> None:
+    """Store a diagnostic in the parameters' JSON metadata: "acceptance" (what `-L auto` reads) and
+    the rest under "diagnostic"."""
+    import json
+
+    metadata = lookahead_lib.read_metadata(path)
+    metadata["acceptance"] = result["acceptance"]
+    metadata["diagnostic"] = {k: v for k, v in result.items() if k != "acceptance"}
+    lookahead_lib.metadata_path(path).write_text(json.dumps(metadata, indent=1))

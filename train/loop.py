@@ -285,20 +285,21 @@ def _check_shapes(loaded: LlamaConfig, preset: LlamaConfig, section: ModelSectio
         raise ConfigError(f"model {section.source!r} does not match model.preset={section.preset!r}: {', '.join(diff)}")
 
 
+def load_split(section: DataSection, tokenizer, split: str) -> PackedDataset:
+    """This host's share of the packed train or test split."""
+    max_tokens = section.max_tokens if split == "train" else section.eval_max_tokens or section.max_tokens
+    try:
+        data = build_packed_dataset(section.source, tokenizer, section.seq_len, split=split, max_tokens=max_tokens,
+                                    max_documents=section.max_documents, add_bos=section.add_bos,
+                                    data_dir=section.data_dir, cache_dir=section.cache_dir)
+    except CorpusError as err:
+        raise CorpusError(f"data.source={section.source!r}, {split} split: {err}") from None
+    return data.shard(jax.process_index(), jax.process_count())
+
+
 def load_splits(section: DataSection, tokenizer) -> tuple[PackedDataset, PackedDataset]:
     """This host's share of the packed train and test splits."""
-    common = dict(max_documents=section.max_documents, add_bos=section.add_bos, data_dir=section.data_dir,
-                  cache_dir=section.cache_dir)
-    max_tokens = {"train": section.max_tokens, "test": section.eval_max_tokens or section.max_tokens}
-    splits = []
-    for split in ("train", "test"):
-        try:
-            data = build_packed_dataset(section.source, tokenizer, section.seq_len, split=split,
-                                        max_tokens=max_tokens[split], **common)
-        except CorpusError as err:
-            raise CorpusError(f"data.source={section.source!r}, {split} split: {err}") from None
-        splits.append(data.shard(jax.process_index(), jax.process_count()))
-    return splits[0], splits[1]
+    return load_split(section, tokenizer, "train"), load_split(section, tokenizer, "test")
 
 
 def local_batch_size(t: TrainSection, mesh) -> int:
