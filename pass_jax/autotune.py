@@ -72,6 +72,11 @@ def expected_accepted(acceptance: dict[str, list[float]], tree: Sequence[int]) -
     return total
 
 
+def predictable(setting: Setting, acceptance: dict[str, list[float]]) -> bool:
+    """Whether the acceptance table covers every depth and candidate count of the setting."""
+    return all(len(acceptance.get(str(k), ())) > depth for depth, k in enumerate(setting.draft_tree))
+
+
 def predict(setting: Setting, acceptance: dict[str, list[float]], relative_cost: dict[tuple[int, int], float]
             ) -> dict[str, float]:
     """Tokens per call and the speed ratio against ar for one setting."""
@@ -140,12 +145,8 @@ def choose(settings: Sequence[Setting], acceptance: dict[str, list[float]],
            relative_cost: dict[tuple[int, int], float]) -> list[tuple[Setting, dict[str, float]]]:
     """Every setting with its prediction, best predicted ratio first (settings the metadata cannot
     predict are left out)."""
-    rows = []
-    for setting in settings:
-        try:
-            rows.append((setting, predict(setting, acceptance, relative_cost)))
-        except AutotuneError:
-            continue
+    rows = [(setting, predict(setting, acceptance, relative_cost)) for setting in settings
+            if predictable(setting, acceptance)]
     if not rows:
         raise AutotuneError("the vectors' acceptance metadata covers none of the candidate settings")
     return sorted(rows, key=lambda row: -row[1]["ratio_vs_ar"])
@@ -158,7 +159,7 @@ def autotune(model, metadata: dict[str, Any] | None, greedy: bool, max_lookahead
     if acceptance is None:
         raise AutotuneError("-L auto needs the vectors' measured acceptance (an \"acceptance\" entry in their JSON "
                             "metadata, written by `pass-jax train eval`); give -L N instead")
-    settings = candidate_settings(max_lookahead, calls)
+    settings = [s for s in candidate_settings(max_lookahead, calls) if predictable(s, acceptance)]
     costs = measure_call_costs(model, [s for setting in settings for s in setting.call_shapes()], batch_size)
     rows = choose(settings, acceptance, relative(costs))
     return rows[0][0], rows[0][1], rows, costs

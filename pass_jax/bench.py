@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from . import autotune
 from . import lookahead as lookahead_lib
 from .autotune import Setting
-from .cli import _read_prompts, add_sampling_args, sampling_from_args
+from . import outputs
+from .cli import (_read_prompts, add_overwrite_arg, add_sampling_args, check_lookahead_arg, sampling_from_args,
+                  seed_arg)
 from .decoding import check_settings
 from .errors import PassJaxError
 from .generate import Generator, summarize
@@ -296,11 +298,11 @@ def transformers_methods(model, settings: BenchSettings) -> list[TransformersMet
 
 def auto_setting(model, settings: BenchSettings, vectors: str, costs: dict) -> tuple[Setting, dict] | None:
     """What `-L auto` picks for these vectors at the measured call costs (None without acceptance metadata)."""
-    path = lookahead_lib.resolve_path(settings.lookahead, model.source, vectors)
+    path = lookahead_lib.resolve_path(settings.lookahead, model.identity, vectors)
     table = autotune.acceptance_table(lookahead_lib.read_metadata(path) if path else None, settings.sampling.greedy)
     if table is None:
         return None
-    candidates = autotune.candidate_settings(autotune.MAX_AUTO_L)
+    candidates = [c for c in autotune.candidate_settings(autotune.MAX_AUTO_L) if autotune.predictable(c, table)]
     missing = {shape for c in candidates for shape in c.call_shapes()} - set(costs)
     costs.update(autotune.measure_call_costs(model, missing, settings.batch_size) if missing else {})
     return autotune.choose(candidates, table, autotune.relative(costs))[0]
@@ -631,7 +633,8 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with outputs.atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -669,6 +672,9 @@ def cmd_bench(args) -> int:
     if args.num_prompts < 1 or args.prompt_tokens < 1:
         raise BenchError("--num-prompts and --prompt-tokens must be >= 1")
     prompts = {"custom": file_prompts(args.prompts)} if args.prompts else None
+    check_lookahead_arg(args.lookahead)
+    json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
+    plot_dir = outputs.check_files_in(args.plot, PLOT_FILES, "--plot", args.overwrite) if args.plot else None
     _log(f"loading {args.model} ...")
     model = load_model(args.model)
     if prompts is None:
@@ -685,11 +691,11 @@ def cmd_bench(args) -> int:
               f"{r['ar_step_over_roofline']:.2f}x the {r['roofline_step_ms']:.1f} ms roofline", flush=True)
     if report["call_costs"]:
         print("\n" + call_cost_table(report), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-        _log(f"wrote {args.json}")
-    if args.plot:
-        for path in write_plots(report, args.plot):
+    if json_path:
+        outputs.write_text(json_path, json.dumps(report, indent=1))
+        _log(f"wrote {json_path}")
+    if plot_dir:
+        for path in write_plots(report, plot_dir):
             _log(f"wrote {path}")
     return 0
 
@@ -727,8 +733,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1; "
                         "transformers prompt lookup always uses 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of every method (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of round 0 (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed of round 0 (default 0)")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers+torch rows")
     parser.add_argument("--json", metavar="OUT.json", help="write the full report as JSON")
     parser.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
+    add_overwrite_arg(parser)
     parser.set_defaults(func=cmd_bench)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import PassJaxError
@@ -31,7 +33,11 @@ def _read_prompts(args) -> list[str]:
         path = Path(args.prompts)
         if not path.is_file():
             raise PassJaxError(f"prompts file {path} not found")
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise PassJaxError(f"prompts file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -56,6 +62,30 @@ def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8,
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0: off)")
 
 
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist already (default: refuse, before any work)")
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: JAX keys take seeds that fit in 64 bits; 0..2**32-1 is plenty."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
+    if not 0 <= seed < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be in 0..{2 ** 32 - 1}, got {seed}")
+    return seed
+
+
+def check_lookahead_arg(spec: str) -> None:
+    """Read a --lookahead PATH before loading a model, so a bad file fails in a second."""
+    from . import lookahead as lookahead_lib
+
+    if spec not in ("default", "text", "code", "none"):
+        lookahead_lib.read(spec)
+
+
 def sampling_from_args(args):
     from .sampling import SamplingConfig
     return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -73,12 +103,16 @@ def cmd_generate(args) -> int:
     check_settings(args.mode, decode["num_lookahead"], args.max_new_tokens, decode["calls"], decode["draft_tree"])
     if args.batch_size < 1:
         raise PassJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.mode == "pass":
+        check_lookahead_arg(args.lookahead)
     _log(f"loading {args.model} ...")
     model = load_model(args.model)
     if args.mode == "pass" and args.num_lookahead == "auto":
-        decode = auto_pass_settings(model, args.lookahead, sampling, args.batch_size)
-        if decode is None:
+        chosen = auto_pass_settings(model, args.lookahead, sampling, args.batch_size)
+        if chosen is None:
             args.mode = "ar"
+        else:
+            decode = chosen
     generator = Generator(model, mode=args.mode, lookahead=args.lookahead, max_new_tokens=args.max_new_tokens,
                           sampling=sampling, batch_size=args.batch_size, **decode)
     if args.mode == "pass":
@@ -147,7 +181,7 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict
     from . import autotune
     from . import lookahead as lookahead_lib
 
-    path = lookahead_lib.resolve_path(lookahead, model.source)
+    path = lookahead_lib.resolve_path(lookahead, model.identity)
     metadata = lookahead_lib.read_metadata(path) if path is not None else None
     _log("-L auto: timing one decode call per candidate shape on this backend ...")
     best, prediction, _, _ = autotune.autotune(model, metadata, sampling.greedy, batch_size=batch_size)
@@ -162,11 +196,12 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict
 
 
 def cmd_convert(args) -> int:
-    from .loading import load_model, save_converted
+    from .loading import check_convert_destination, load_model, save_converted
 
+    check_convert_destination(args.dst, args.overwrite)
     _log(f"loading {args.src} ...")
     model = load_model(args.src)
-    save_converted(model, Path(args.dst))
+    save_converted(model, args.dst, overwrite=args.overwrite)
     _log(f"wrote an Orbax checkpoint of {model.config.num_params():,} parameters to {args.dst}; "
          f"load it with --model {args.dst}")
     return 0
@@ -177,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pass-jax",
         description="PaSS (Parallel Speculative Sampling) for LLaMA-family models in JAX: lossless speed-ups "
                     "from a few learned look-ahead embeddings, no draft model.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback behind an error message (or set PASS_JAX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="generate text (PaSS or autoregressive)", epilog=EPILOG_GENERATE,
@@ -193,14 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     add_pass_args(gen)
     add_sampling_args(gen)
-    gen.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0)")
     gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt, then a summary line")
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert", help="write a checkpoint as a sharded Orbax directory for fast reload")
     conv.add_argument("src", help="a .gguf file, a Hugging Face LLaMA directory, or smollm2-135m")
-    conv.add_argument("dst", help="the output directory (must not hold a checkpoint yet)")
+    conv.add_argument("dst", help="the output directory: new or empty; written whole or not at all")
+    conv.add_argument("--overwrite", action="store_true",
+                      help="replace DST if it is not empty (its old contents are deleted once the new checkpoint "
+                           "is complete)")
     conv.set_defaults(func=cmd_convert)
 
     for register in _extra_commands():
@@ -234,6 +274,8 @@ def main(argv=None) -> int:
         maybe_initialize_distributed()
         return args.func(args)
     except PassJaxError as err:
+        if args.debug or os.environ.get("PASS_JAX_DEBUG") == "1":
+            traceback.print_exc()
         print(f"pass-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -48,3 +48,27 @@ def test_measure_call_costs_times_every_shape(tiny):
     costs = autotune.measure_call_costs(model, [(5, 5), (21, 9)], context=16, repeats=2)
     assert set(costs) == {(1, 1), (5, 5), (21, 9)} and all(ms > 0 for ms in costs.values())
     assert autotune.relative(costs)[(1, 1)] == 1.0
+
+
+def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, monkeypatch):
+    """`generate -L auto` times the shapes the metadata can predict, then runs the best setting, or ar
+    (saying so) when no PaSS setting is predicted to beat it."""
+    import json
+
+    from pass_jax import lookahead
+    from pass_jax.cli import main
+
+    hf_dir, _ = make_hf_llama(tmp_path / "llama")
+    # calls cost 1% more per input token than ar's: a deterministic stand-in for the timer
+    monkeypatch.setattr(autotune, "measure_call_costs",
+                        lambda model, shapes, batch_size=1: {s: 1 + 0.01 * s[0] for s in {(1, 1), *shapes}})
+    hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
+    vectors = jax.random.normal(jax.random.key(0), (2, hidden)) * 0.02
+    for rates, expect in ((0.99, "-L auto: "), (0.0, "no PaSS setting is predicted to beat")):
+        acceptance = {str(k): [rates, rates] for k in (1, 2, 3, 4)}
+        path = tmp_path / f"la{rates}.npz"
+        lookahead.save(path, vectors, {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
+        code = main(["generate", "--model", str(hf_dir), "--lookahead", str(path), "-L", "auto", "--prompt", "the fox",
+                     "--max-new-tokens", "4", "--json"])
+        err = capsys.readouterr().err
+        assert code == 0 and expect in err, err
