@@ -10,17 +10,38 @@ from pathlib import Path
 
 from .errors import PassJaxError
 
-DEFAULT_LOOKAHEAD = 4
-DEFAULT_CALLS = 2
+# Defaults chosen by measurement (docs/BENCHMARKS.md): one call per iteration and 4 then 2 candidates
+# commit the most tokens per model call on held-out prompts. -L N alone gives a chain of N drafts.
+DEFAULT_CALLS = 1
+DEFAULT_TREE = (4, 2)
 
 EPILOG_GENERATE = """examples:
   pass-jax generate --prompt "The capital of France is"
-  pass-jax generate --prompt "def fibonacci(n):" --num-lookahead 6 --temperature 0.8 --top-k 10
+  pass-jax generate --prompt "def fibonacci(n):" --calls 2 -L 6 --temperature 0.8 --top-k 10   # the paper's iteration
+  pass-jax generate --prompt "def fibonacci(n):" --draft-tree 6,2 --temperature 0   # wider first-draft tree
   pass-jax generate --prompts prompts.jsonl --batch-size 4 --json > out.jsonl
   pass-jax generate --mode ar --temperature 0 --prompt "Once upon a time"   # plain decoding
+  pass-jax generate --no-chat --prompt "def fibonacci(n):"                  # continue raw text
+  pass-jax generate --system "You answer in French." --prompt "Name three colours."
 
 PaSS output has exactly the distribution of plain sampling (--mode ar): look-ahead vectors only
-change how many tokens each model call yields."""
+change how many tokens each model call yields.
+
+chat: instruct models (like the bundled SmolLM2-135M-Instruct) are trained on conversations in
+their chat template and answer a bare text poorly, so by default a model whose tokenizer has a chat
+template gets each prompt as a user message and generates the assistant's answer, which ends at
+the template's end-of-turn token. --no-chat feeds the prompt as raw text to continue (base models,
+completion). The bundled model gets a short default system prompt, which it answers short questions
+better with (the run prints it; --system replaces it); other models get their template's own.
+
+streaming: on a terminal (or with --stream) each answer prints as its tokens are committed. --json
+and batches (--batch-size > 1) print when a prompt, or a batch, is done.
+
+caches: the first run compiles the decode loop (seconds to minutes) and, for a .gguf model, writes
+a float32 copy of the dequantized weights; later runs load both from the cache directory instead.
+  PASS_JAX_CACHE=DIR              the cache directory (default ~/.cache/pass_jax)
+  PASS_JAX_COMPILATION_CACHE=0    do not use JAX's persistent compilation cache
+  PASS_JAX_MODEL_CACHE=0          do not write or read float32 copies of .gguf models"""
 
 
 def _log(message: str) -> None:
@@ -143,7 +164,7 @@ def add_pass_args(parser: argparse.ArgumentParser, auto: bool = True) -> None:
     """-L, --calls and --draft-tree: the shape of a PaSS iteration."""
     group = parser.add_argument_group("PaSS iteration (--mode pass)")
     group.add_argument("--num-lookahead", "-L", default=None, metavar="N" + ("|auto" if auto else ""),
-                       help=f"look-ahead steps L (default {DEFAULT_LOOKAHEAD}, or the depth of --draft-tree)"
+                       help="look-ahead steps L: a chain of L drafts (default: the depth of --draft-tree)"
                             + ("; auto times this machine's decode calls and picks the (calls, L, tree) its "
                                "vectors' measured acceptance predicts fastest, or says to use --mode ar" if auto else ""))
     group.add_argument("--calls", type=int, choices=(1, 2), default=DEFAULT_CALLS,
@@ -152,7 +173,8 @@ def add_pass_args(parser: argparse.ArgumentParser, auto: bool = True) -> None:
                             f"call) (default {DEFAULT_CALLS})")
     group.add_argument("--draft-tree", default=None, metavar="K1,K2,...",
                        help="candidates per look-ahead depth, verified in one call with a tree mask (e.g. 3,1,1: "
-                            "three candidates for the first draft); sets L to its depth (default: a chain of L)")
+                            "three candidates for the first draft); sets L to its depth (default "
+                            f"{','.join(map(str, DEFAULT_TREE))} when -L is not given, else a chain of L)")
 
 
 def pass_settings_from_args(args) -> dict:
@@ -167,7 +189,8 @@ def pass_settings_from_args(args) -> dict:
             raise PassJaxError(str(err)) from None
     value = args.num_lookahead
     if value in (None, "auto"):
-        num_l = len(tree) if tree else DEFAULT_LOOKAHEAD
+        tree = tree or DEFAULT_TREE
+        num_l = len(tree)
     else:
         try:
             num_l = int(value)
