@@ -104,7 +104,7 @@ class Generator:
         if mode == "pass":
             if isinstance(lookahead, (str, type(None))):
                 self.lookahead, self.lookahead_source = lookahead_lib.resolve(
-                    lookahead, model.params, model.config, num_lookahead, model.source, domain=domain)
+                    lookahead, model.params, model.config, num_lookahead, model.identity, domain=domain)
             else:
                 self.lookahead = lookahead_lib.check(jnp.asarray(lookahead), model.config, num_lookahead)[:num_lookahead]
                 self.lookahead_source = "given"
@@ -118,11 +118,13 @@ class Generator:
         if not prompt or not prompt.strip():
             raise GenerationError("empty prompt: give some text to continue")
         ids = list(self.model.tokenizer(prompt)["input_ids"])
-        limit = self.model.config.max_seq_len
-        if len(ids) + self.spec.max_new_tokens + self.spec.width + 1 > limit:
+        limit, budget = self.model.config.max_seq_len, self.spec.max_new_tokens
+        margin = self.spec.width + 1  # the widest decode call may write past the budget's last token
+        if len(ids) + budget + margin > limit:
             raise GenerationError(
-                f"prompt of {len(ids)} tokens plus max_new_tokens={self.spec.max_new_tokens} exceeds the model's "
-                f"context of {limit} tokens")
+                f"prompt of {len(ids)} tokens + max_new_tokens={budget} + {margin} positions that a decode call "
+                f"may write past them = {len(ids) + budget + margin} exceeds the model's context of {limit} tokens; "
+                f"these settings leave room for {max(limit - budget - margin, 0)} prompt tokens")
         return ids
 
     def _executable(self, batch: int, width: int, args):
@@ -168,11 +170,13 @@ class Generator:
         encoded = [self.encode(p) for p in prompts]
         results: list[GenerationResult] = []
         wall_total = 0.0
-        batches = range(0, len(prompts), self.batch_size)
+        # Never more rows than prompts (copies would be wasted work); later batches keep this size.
+        size = min(self.batch_size, max(len(encoded), 1))
+        batches = range(0, len(prompts), size)
         for start in tqdm(batches, desc="generating", unit="batch", disable=not progress or len(batches) < 2):
-            chunk = encoded[start:start + self.batch_size]
+            chunk = encoded[start:start + size]
             # Fill a short last batch with copies so the compiled batch size is reused.
-            padded = chunk + [chunk[0]] * (self.batch_size - len(chunk))
+            padded = chunk + [chunk[0]] * (size - len(chunk))
             state, wall = self.generate_ids(padded, seed=seed + start)
             wall_total += wall
             for row, ids in enumerate(chunk):

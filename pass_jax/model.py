@@ -98,6 +98,10 @@ class Attention(nn.Module):
             new_cache = {"k": write_cache(layer_cache["k"], k, write_index),
                          "v": write_cache(layer_cache["v"], v, write_index)}
             k, v = new_cache["k"].astype(dt), new_cache["v"].astype(dt)
+        # A masked slot gets probability exactly 0, but 0 * NaN = NaN in `probs @ v`: a non-finite
+        # value in a stale or look-ahead slot would leak into every query's output. (Masked scores
+        # are replaced below, so k needs no such care.)
+        v = jnp.where(jnp.isfinite(v), v, jnp.zeros((), v.dtype))
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
         scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)

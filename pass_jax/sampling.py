@@ -10,6 +10,7 @@ from __future__ import annotations
 from .errors import PassJaxError
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,11 @@ class SamplingError(PassJaxError):
     """Sampling settings that do not define a distribution."""
 
 
+# Below this, logits / T leave float32's range for large logits (at 1e-40 the softmax gives NaN);
+# sampling that cold is greedy decoding in all but name.
+MIN_TEMPERATURE = 1e-2
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.8
@@ -27,8 +33,9 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise SamplingError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            raise SamplingError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, "
+                                f"got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise SamplingError(f"top-k must be >= 1 (or unset for no top-k), got {self.top_k}")
         if not 0 < self.top_p <= 1:

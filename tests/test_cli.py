@@ -66,7 +66,7 @@ def test_ar_and_pass_agree_through_cli(cli_model, capsys, tmp_path):
     (["--prompt", "hi", "--top-k", "0"], "top-k must be >= 1"),
     (["--prompt", "hi", "--top-p", "0"], "top-p must be in (0, 1]"),
     (["--prompt", "hi", "--top-p", "1.5"], "top-p must be in (0, 1]"),
-    (["--prompt", "hi", "--temperature", "-1"], "temperature must be >= 0"),
+    (["--prompt", "hi", "--temperature", "-1"], "temperature must be 0 (greedy) or a finite number"),
     (["--prompts", "/nonexistent/p.jsonl"], "not found"),
     (["--prompt", "hi", "--max-new-tokens", "9000"], "exceeds the model's context of 8192"),
 ])

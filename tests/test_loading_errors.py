@@ -152,8 +152,8 @@ def test_convert_round_trip(hf_dir, tmp_path, capsys):
                                   np.asarray(forward(original.params, original.config, *args)[0]))
 
     capsys.readouterr()
-    assert main(["convert", str(hf_dir), str(dst)]) == 2  # never overwrite a checkpoint
-    assert "already holds a converted checkpoint" in capsys.readouterr().err
+    assert main(["convert", str(hf_dir), str(dst)]) == 2  # never overwrite a checkpoint unasked
+    assert "is not empty; add --overwrite" in capsys.readouterr().err
 
 
 def test_converted_checkpoint_errors(hf_dir, tmp_path):

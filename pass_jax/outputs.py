@@ -1,0 +1,167 @@
+"""Outputs that never clobber a user's files and never appear half-written.
+
+Every file or directory a command writes (`convert`, `train`, `bench --json/--plot`, `eval
+humaneval --json`, exported look-ahead parameters) goes through here:
+- `check_file` / `check_dir` run before any model is loaded, so a bad path fails in a second, not
+  after an hour of work. A non-empty target is refused unless the user says `--overwrite` (or it is
+  the command's own, recognised by a marker file it wrote).
+- `atomic_file` / `atomic_dir` write into a temporary sibling and rename it into place when
+  complete: a kill mid-write leaves the old state or nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .errors import PassJaxError
+
+# Test hook: a writer whose target has this file name stops just before its rename, with the new
+# output complete in the temporary sibling, so a test can SIGKILL it at the worst moment.
+PAUSE_ENV = "PASS_JAX_TEST_PAUSE_WRITE"
+
+
+class OutputError(PassJaxError):
+    """An output path that cannot or must not be written."""
+
+
+def local_path(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().absolute()
+
+
+def _writable_ancestor(path: Path, flag: str) -> None:
+    """The nearest existing ancestor must be a writable directory (the rest is created)."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{flag} {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path}: directory {ancestor} is not writable")
+
+
+def check_file(path: str | os.PathLike, flag: str, overwrite: bool = False) -> Path:
+    """An output file: its directory must exist, and an existing non-empty file needs `overwrite`."""
+    path = local_path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise OutputError(f"{flag} {path}: directory {path.parent} does not exist")
+    _writable_ancestor(path, flag)
+    if not overwrite and path.exists() and path.stat().st_size:
+        raise OutputError(f"{flag} {path} already exists; add --overwrite to replace it, or choose another path")
+    return path
+
+
+def check_dir(path, flag: str, overwrite: bool = False, marker: str | None = None):
+    """An output directory (created with its parents): a non-empty one needs `overwrite`, unless it
+    holds `marker`, the file by which a command recognises a directory it made itself.
+    `path` may be a gs:// path (an `etils.epath.Path`), where only the emptiness check applies."""
+    if isinstance(path, (str, os.PathLike)) and not str(path).startswith("gs://"):
+        path = local_path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file, not a directory")
+    own = marker is not None and (path / marker).is_file()
+    if path.is_dir() and not overwrite and not own and any(path.iterdir()):
+        raise OutputError(f"{flag} {path} is not empty; add --overwrite to replace it, or choose a new directory")
+    if isinstance(path, Path):
+        _writable_ancestor(path, flag)
+    return path
+
+
+def check_files_in(path: str | os.PathLike, names, flag: str, overwrite: bool = False) -> Path:
+    """A directory (created if missing) that receives the files `names`: other files in it stay, and
+    existing files of those names need `overwrite`."""
+    path = check_dir(path, flag, overwrite=True)
+    if path.is_dir():
+        for name in names:
+            check_file(path / name, flag, overwrite)
+    return path
+
+
+def _pause_for_tests(path) -> None:
+    if os.environ.get(PAUSE_ENV) == path.name:
+        print(f"{PAUSE_ENV}: paused before renaming into {path}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
+def _temporary_sibling(path: Path) -> Path:
+    # The suffix stays last: np.savez and savefig choose their format by it. A fixed name (no pid)
+    # lets the next write clear what a killed one left.
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; when the block ends, it replaces `path` in one rename."""
+    path = local_path(path)
+    tmp = _temporary_sibling(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as written:  # on disk before the rename makes it visible
+            os.fsync(written.fileno())
+        _pause_for_tests(path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def _remove(path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path) if isinstance(path, Path) else path.rmtree()
+    elif path.exists():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path, is_writer: bool = True) -> Iterator:
+    """Yield a temporary sibling directory to fill; when the block ends it replaces `path`.
+
+    Replacing an existing directory takes two renames (the old one aside, the new one in): a kill
+    between them leaves the old one beside the target as `.NAME.old`, never a mix. Every process of
+    a multi-host job fills the same sibling; only `is_writer` (process 0) clears and renames.
+    On gs:// there is no directory rename: the directory is written in place, and the caller writes
+    its completion marker last.
+    """
+    if not isinstance(path, Path):  # gs://
+        if is_writer and path.exists():
+            _remove(path)
+        yield path
+        return
+    tmp = path.with_name(f".{path.name}.partial")
+    if is_writer:
+        _remove(tmp)  # a killed writer's leftover
+        _sync_processes("atomic_dir cleared")
+    try:
+        yield tmp
+        if is_writer:
+            _pause_for_tests(path)
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                _remove(old)
+                path.rename(old)
+                tmp.rename(path)
+                _remove(old)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.rename(path)
+    finally:
+        if is_writer and tmp.exists():
+            _remove(tmp)
+
+
+def _sync_processes(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,138 @@
+"""Every bad input through the real CLI: exit 2, one `error:` line, no traceback; files and output
+paths are checked before a model is loaded (issues 13 and 15)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pass_jax import cli, loading
+
+GEN = ["generate", "--prompt", "hi", "--max-new-tokens", "4"]
+# Lines other than the error that a failing command may print on stderr (its own progress notes).
+PROGRESS = ("loading ", "PaSS with ", "compiling ")
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, make_hf_llama):
+    """A directory of broken inputs, plus a tiny model that is not the bundled one."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "truncated.gguf").write_bytes(loading.bundled_gguf_path().read_bytes()[:1_000_000])
+    (root / "empty").mkdir()
+    (root / "bad.jsonl").write_text('{"prompt": "hi"}\n{bad\n')
+    np.savez(root / "wrong.npz", lookahead=np.zeros((8, 100), np.float32))
+    np.savez(root / "nan.npz", lookahead=np.full((8, 576), np.nan, np.float32))
+    (root / "hf_badcfg").mkdir()
+    (root / "hf_badcfg" / "config.json").write_text("{not json")
+    (root / "conv_badmeta").mkdir()
+    (root / "conv_badmeta" / "pass_jax.json").write_text("{bad")
+    (root / "notnpz.npz").write_bytes(b"garbage bytes, not a zip")
+    (root / "notorbax").mkdir()
+    (root / "notorbax" / "junk.txt").write_text("hello")
+    (root / "nonutf8.jsonl").write_bytes(b'{"prompt": "\xff\xfe hi"}\n')
+    (root / "afile").write_text("a file")
+    (root / "problems.jsonl").write_text("{bad\n")
+    (root / "good_problems.jsonl").write_text(json.dumps({"task_id": "t/0", "prompt": "def f():\n", "test": "",
+                                                           "entry_point": "f"}) + "\n")
+    (root / "long.jsonl").write_text(json.dumps({"prompt": "hello " * 8100}) + "\n")
+    (root / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+    (root / "existing.json").write_text('{"keep": true}')
+    make_hf_llama(root / "tiny_hf")
+    return root
+
+
+EVAL = ["eval", "humaneval", "--problems", "{bad}/good_problems.jsonl"]
+BENCH = ["bench", "--num-prompts", "1", "--rounds", "1", "-L", "1", "--calls", "2", "--draft-tree", "none",
+         "--no-transformers", "--max-new-tokens", "4"]
+
+# (name, argv with {bad} for the inputs directory, message, whether a model may be loaded first)
+CASES = [
+    ("max-new-tokens 0", ["generate", "--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be >= 1", False),
+    ("max-new-tokens -5", ["generate", "--prompt", "hi", "--max-new-tokens", "-5"], "max_new_tokens must be >= 1",
+     False),
+    ("truncated gguf", GEN + ["--model", "{bad}/truncated.gguf"], "not a readable GGUF file", True),
+    ("empty model dir", GEN + ["--model", "{bad}/empty"], "has no config.json", True),
+    ("malformed JSONL", ["generate", "--prompts", "{bad}/bad.jsonl"], "bad.jsonl:2: not a JSON object", False),
+    ("prompts not UTF-8", ["generate", "--prompts", "{bad}/nonutf8.jsonl"], "is not UTF-8 text", False),
+    ("prompts a directory", ["generate", "--prompts", "{bad}/empty"], "not found", False),
+    ("wrong-shaped npz", GEN + ["--lookahead", "{bad}/wrong.npz"], "d_emb = 576", True),
+    ("npz of NaN", GEN + ["--lookahead", "{bad}/nan.npz"], "4608 non-finite values", False),
+    ("lookahead not an npz", GEN + ["--lookahead", "{bad}/notnpz.npz"], "not a .npz file", False),
+    ("lookahead not .npz", GEN + ["--lookahead", "{bad}/afile"], "a look-ahead file must be .npz", False),
+    ("lookahead dir not Orbax", GEN + ["--lookahead", "{bad}/notorbax"], "not a look-ahead Orbax checkpoint", False),
+    ("lookahead missing", GEN + ["--lookahead", "{bad}/missing.npz"], "not found", False),
+    ("shipped vectors, other model", GEN + ["--model", "{bad}/tiny_hf", "--lookahead", "text"],
+     "shipped vectors exist only for the bundled", True),
+    ("batch-size 0", GEN + ["--batch-size", "0"], "--batch-size must be >= 1", False),
+    ("-L 100", GEN + ["-L", "100"], "hold 8 look-ahead steps; 100 were asked for", True),
+    ("top-p 0", GEN + ["--top-p", "0"], "top-p must be in (0, 1]", False),
+    ("top-k -1", GEN + ["--top-k", "-1"], "top-k must be >= 1", False),
+    ("temperature nan", GEN + ["--temperature", "nan"], "temperature must be 0 (greedy) or a finite number >= 0.01",
+     False),
+    ("temperature 1e-40", GEN + ["--temperature", "1e-40"], "finite number >= 0.01, got 1e-40", False),
+    ("temperature inf", GEN + ["--temperature", "inf"], "finite number >= 0.01, got inf", False),
+    ("temperature -1", GEN + ["--temperature", "-1"], "finite number >= 0.01, got -1", False),
+    ("calls 3", GEN + ["--calls", "3"], "argument --calls: invalid choice: 3", False),
+    ("draft-tree 0,1", GEN + ["--draft-tree", "0,1"], ">= 1 candidate per depth", False),
+    ("draft-tree a,b", GEN + ["--draft-tree", "a,b"], "comma-separated candidate counts", False),
+    ("seed too large", GEN + ["--seed", "99999999999999999999"], "argument --seed: must be in 0..4294967295", False),
+    ("seed negative", GEN + ["--seed", "-1"], "argument --seed: must be in 0..4294967295", False),
+    ("prompt longer than context", ["generate", "--prompts", "{bad}/long.jsonl"],
+     "exceeds the model's context of 8192 tokens", True),
+    ("corrupt config.json", GEN + ["--model", "{bad}/hf_badcfg"], "config.json: not valid JSON", True),
+    ("corrupt pass_jax.json", GEN + ["--model", "{bad}/conv_badmeta"], "pass_jax.json: not valid JSON", True),
+    ("train.nope=1", ["train", "--config", "tiny_overfit", "train.nope=1"], "unknown config key(s) train.nope", False),
+    ("convert to a file", ["convert", "smollm2-135m", "{bad}/afile"], "is a file, not a directory", False),
+    ("convert into a non-empty dir", ["convert", "smollm2-135m", "{bad}/notorbax"], "is not empty", False),
+    ("convert under a file", ["convert", "smollm2-135m", "{bad}/afile/sub"], "afile is a file, not a directory",
+     False),
+    ("humaneval malformed problems", ["eval", "humaneval", "--problems", "{bad}/problems.jsonl"],
+     "problems.jsonl:1: not a JSON object", False),
+    ("humaneval --json in a missing dir", EVAL + ["--json", "{bad}/nope/r.json"],
+     "nope does not exist", False),
+    ("humaneval --json existing file", EVAL + ["--json", "{bad}/existing.json"],
+     "already exists; add --overwrite", False),
+    ("humaneval --seed huge", EVAL + ["--seed", "99999999999999999999"], "argument --seed", False),
+    ("bench --json in a missing dir", BENCH + ["--json", "{bad}/nope/b.json"], "nope does not exist", False),
+    ("bench --json existing file", BENCH + ["--json", "{bad}/existing.json"], "already exists; add --overwrite",
+     False),
+    ("bench --json a directory", BENCH + ["--json", "{bad}/empty"], "is a directory", False),
+    ("bench --plot a file", BENCH + ["--plot", "{bad}/afile"], "is a file, not a directory", False),
+    ("bench --lookahead NaN", BENCH + ["--lookahead", "{bad}/nan.npz"], "non-finite values", False),
+]
+
+
+@pytest.mark.parametrize("name, argv, message, loads", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_error_line(name, argv, message, loads, bad, smollm2, monkeypatch, capsys):
+    real_load = loading.load_model
+
+    def load(source, *args, **kwargs):
+        if not loads:
+            pytest.fail("loaded a model before checking the input")
+        return smollm2 if source == loading.DEFAULT_MODEL else real_load(source, *args, **kwargs)
+
+    for module in ("pass_jax.loading", "pass_jax.bench", "pass_jax.humaneval"):
+        monkeypatch.setattr(f"{module}.load_model", load)
+    try:
+        code = cli.main([word.replace("{bad}", str(bad)) for word in argv])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(errors) == 1 and message in errors[0], err
+    noise = [line for line in err.splitlines()
+             if line not in errors and not line.startswith(PROGRESS) and not line.startswith("usage:")
+             and not line.startswith(" ")]
+    assert not noise, err
+
+
+def test_debug_shows_the_traceback(capsys, monkeypatch):
+    argv = ["generate", "--prompt", "hi", "--temperature", "nan"]
+    assert cli.main(["--debug", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("pass-jax generate: error: temperature")
+    monkeypatch.setenv("PASS_JAX_DEBUG", "1")
+    assert cli.main(argv) == 2
+    assert "Traceback" in capsys.readouterr().err
