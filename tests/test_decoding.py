@@ -129,7 +129,7 @@ def test_greedy_pass_equals_ar_smollm2(smollm2, variant):
     prompts = ["The capital of France is", "def fibonacci(n):\n    ", "In 1905, Albert Einstein published"]
     ids = [list(smollm2.tokenizer(p)["input_ids"]) for p in prompts]
     num_l = len(VARIANTS[variant].get("draft_tree", (1,) * 4))
-    la = lookahead_lib.resolve("text", smollm2.params, smollm2.config, num_l, smollm2.source)[0]
+    la = lookahead_lib.resolve("text", smollm2.params, smollm2.config, num_l, smollm2.identity)[0]
     ar, _ = run(smollm2.config, smollm2.params, None, ids, "ar", 1, 24)
     pss, stats = run(smollm2.config, smollm2.params, la, ids, "pass", num_l, 24, **VARIANTS[variant])
     for a, b in zip(ar, pss):
