@@ -158,7 +158,7 @@ def cmd_eval(args) -> int:
     data = load_split(config.data, model.tokenizer, "test")
     domain = "code" if config.data.source in ("python", "the-stack-python") else "text"
     lookahead, source = lookahead_lib.resolve(args.lookahead, model.params, model.config, args.num_lookahead,
-                                              model.source, domain=domain)
+                                              model.identity, domain=domain)
     try:
         tokens, anchors = diagnostic.pick_anchors(data, args.sequences, args.anchors_per_seq, seed=args.seed)
     except ValueError as err:
@@ -178,7 +178,7 @@ def cmd_eval(args) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     if args.write_metadata:
-        path = diagnostic.metadata_target(args.lookahead, model.source, domain)
+        path = diagnostic.metadata_target(args.lookahead, model.identity, domain)
         diagnostic.write_metadata(path, result)
         print(f"wrote the diagnostic into {lookahead_lib.metadata_path(path)}", file=sys.stderr)
     return 0
