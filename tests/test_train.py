@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -9,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pass_jax import lookahead as lookahead_lib
 from pass_jax.cli import main
 from pass_jax.config import load_preset
 from pass_jax.loading import LoadedModel
@@ -123,6 +129,83 @@ def test_masked_forward_and_losses_match_the_explicit_forward(params):
         np.testing.assert_allclose(metrics["acc"], (want.argmax(-1) == targets).mean((0, 1)))
 
 
+# ---------------------------------------------------------------- the cached-prefix form
+
+@pytest.mark.parametrize("kind", lookahead_lib.KINDS)
+def test_cached_prefix_loss_and_gradient_equal_the_masked_ones(params, kind):
+    sharp = jax.tree.map(lambda w: 5 * w if w.ndim == 2 else w, params)
+    start = lookahead_lib.init(kind, sharp, CONFIG, L, jax.random.key(1))
+    lookahead = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(5), x.shape), start)
+    tokens = jax.random.randint(jax.random.key(2), (2, SEQ_LEN), 0, CONFIG.vocab_size)
+    anchors = losses.sample_anchors(jax.random.key(3), 2, SEQ_LEN, 5, L)
+    sampling = SamplingConfig()
+
+    @jax.jit
+    def both(lookahead):
+        teacher = losses.teach(sharp, CONFIG, tokens, anchors, L, sampling)
+        out = {}
+        for objective in losses.OBJECTIVES:
+            masked = jax.value_and_grad(losses.lookahead_loss, has_aux=True)(
+                lookahead, sharp, CONFIG, tokens, anchors, objective, sampling)
+            cached = jax.value_and_grad(losses.cached_loss, has_aux=True)(
+                lookahead, sharp, CONFIG, teacher, SEQ_LEN, anchors, objective, sampling)
+            out[objective] = masked, cached
+        return out
+
+    for objective, (((loss_m, metrics_m), grad_m), ((loss_c, metrics_c), grad_c)) in both(lookahead).items():
+        np.testing.assert_allclose(loss_c, loss_m, rtol=1e-5, err_msg=objective)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), metrics_c, metrics_m)
+        for leaf_c, leaf_m in zip(jax.tree.leaves(grad_c), jax.tree.leaves(grad_m)):
+            assert float(jnp.abs(leaf_m).max()) > 1e-4  # a gradient worth comparing
+            np.testing.assert_allclose(leaf_c, leaf_m, rtol=1e-4, atol=1e-6, err_msg=objective)
+
+
+def test_self_targets_are_the_models_own_continuation(params):
+    """targets=self: y_1 ~ p(. | x<=a), and target i is p(. | x<=a, y_1..y_i), from which y_{i+1} came."""
+    sharp = jax.tree.map(lambda w: 3 * w if w.ndim == 2 else w, params)
+    sampling = SamplingConfig(temperature=0.8, top_k=5)
+    tokens = jax.random.randint(jax.random.key(2), (2, SEQ_LEN), 0, CONFIG.vocab_size)
+    anchors = losses.sample_anchors(jax.random.key(3), 2, SEQ_LEN, 3, L)
+    teacher = jax.jit(losses.teach, static_argnums=(1, 4, 5, 6))(sharp, CONFIG, tokens, anchors, L, sampling, "self",
+                                                                jax.random.key(4))
+    targets = jax.device_get(teacher.targets)
+    plain = jax.jit(lambda ids: forward(sharp, CONFIG, ids[None], jnp.arange(SEQ_LEN + L)[None],
+                                        jnp.tril(jnp.ones((SEQ_LEN + L,) * 2, bool))[None])[0][0])
+    distinct = set()
+    for b, g in np.ndindex(anchors.shape):
+        a = int(anchors[b, g])
+        continuation = list(targets.tokens[b, g])
+        for i in range(1, L + 1):
+            # the tokens fed so far: x<=a, then y_1..y_i (y_1 is the first sampled token)
+            fed = [int(t) for t in tokens[b, :a + 1]] + first_tokens(targets, b, g, i, sharp, tokens, anchors,
+                                                                        sampling, plain)
+            ids = jnp.asarray(fed + [0] * (SEQ_LEN + L - len(fed)))
+            p = np.asarray(probabilities(plain(ids)[len(fed) - 1], sampling))
+            dense = np.zeros_like(p)
+            dense[targets.index[b, g, i - 1]] = targets.probs[b, g, i - 1]
+            np.testing.assert_allclose(dense, p, atol=2e-5)
+            assert p[continuation[i - 1]] > 0  # y_{i+1} was drawn from target i
+        distinct.add(tuple(continuation))
+    assert len(distinct) > 1
+
+
+def first_tokens(targets, b, g, i, params, tokens, anchors, sampling, plain):
+    """y_1..y_i of one anchor: y_1 is recovered as the token the teacher's first step was fed, i.e.
+    the one whose continuation distribution matches target 1; y_2.. are the recorded draws."""
+    a = int(anchors[b, g])
+    prefix = [int(t) for t in tokens[b, :a + 1]]
+    p0 = np.asarray(probabilities(plain(jnp.asarray(prefix + [0] * (SEQ_LEN + L - len(prefix))))[a], sampling))
+    target1 = np.zeros_like(p0)
+    target1[targets.index[b, g, 0]] = targets.probs[b, g, 0]
+    matches = []
+    for y in np.flatnonzero(p0):
+        ids = jnp.asarray(prefix + [int(y)] + [0] * (SEQ_LEN + L - len(prefix) - 1))
+        if np.allclose(np.asarray(probabilities(plain(ids)[a + 1], sampling)), target1, atol=2e-5):
+            matches.append(int(y))
+    assert len(matches) == 1
+    return matches + [int(t) for t in targets.tokens[b, g, :i - 1]]
+
+
 # ---------------------------------------------------------------- the train step
 
 def test_train_step_changes_only_the_lookahead_vectors(params, mesh, tmp_path):
@@ -192,6 +275,41 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_run(params, mesh, tmp_pa
         loop.train(killed, model, mesh, periodic_data(20), test, resume=True)
 
 
+def test_sigkilled_run_resumes_to_the_same_parameters(tmp_path):
+    """A real `pass-jax train` process killed with SIGKILL after a checkpoint, then --resume: the
+    exported parameters equal an uninterrupted run's (deep kind, self-distillation, so the sampled
+    continuations must be reproduced too)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * 30)
+    env = {**os.environ, "PASS_JAX_CACHE": str(tmp_path / "cache")}
+    common = [sys.executable, "-m", "train", "--config", "tiny_overfit", f"data.source={corpus}",
+              "data.max_documents=null", "train.kind=deep", "train.targets=self", "train.loss=kl", "train.steps=200",
+              "train.checkpoint_every=10", "train.eval_every=1000", "train.eval_batches=1", "train.eval_sequences=0",
+              "train.eval_anchors_per_seq=0"]
+    subprocess.run(common + [f"output.dir={tmp_path / 'whole'}"], env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(common + [f"output.dir={killed}"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    while not (killed / "checkpoints" / "10").is_dir():
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed / "lookahead.npz").exists()  # cut short
+    subprocess.run(common + [f"output.dir={killed}", "--resume"], env=env, check=True, capture_output=True)
+    records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    first_steps = [r["step"] for r in records if r["split"] == "compile"]
+    assert first_steps[0] == 1 and first_steps[1] > 10  # the second process started from a checkpoint
+
+    with np.load(tmp_path / "whole" / "lookahead.npz") as whole, np.load(killed / "lookahead.npz") as resumed:
+        assert sorted(whole) == sorted(resumed) == ["layers", "lookahead"]
+        for name in whole:
+            np.testing.assert_array_equal(resumed[name], whole[name])
+
+
 # ---------------------------------------------------------------- configs and the CLI
 
 def test_unknown_config_key_is_named(capsys):
@@ -250,7 +368,6 @@ def test_cli_run_writes_vectors_and_metrics(tmp_path, capsys):
 def test_init_starts_from_exported_vectors(params, mesh, tmp_path):
     """train.init: a run continues from exported vectors (the first L of them); a wrong d_emb or too
     few steps is a clear error."""
-    from pass_jax import lookahead as lookahead_lib
 
     exported = np.random.default_rng(0).normal(size=(L + 2, CONFIG.hidden_size)).astype(np.float32)
     lookahead_lib.save(tmp_path / "start.npz", exported)

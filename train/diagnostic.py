@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pass_jax import lookahead as lookahead_lib
+from pass_jax import outputs
 from pass_jax.config import LlamaConfig
 from pass_jax.model import gather_positions, lm_head
 from pass_jax.sampling import PAPER, SamplingConfig, probabilities, residual_distribution
@@ -252,10 +253,10 @@ def _start_chains(key, w0, alpha1, accepted1, alpha2, accepted2, i2, spec: Diagn
             "weight1": a1, "weight2": a1 * a2}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "step"), donate_argnames=("cache",))
-def _chain_step(params, cache, q, q_logits, anchors, chains, key, config: LlamaConfig, spec: DiagnosticSpec,
-                step: int):
-    """Feed each chain's last accepted token at a+step; position `step`'s acceptance, the next token."""
+@functools.partial(jax.jit, static_argnames=("config", "spec"), donate_argnames=("cache",))
+def _chain_step(params, cache, q, q_logits, anchors, chains, key, step, config: LlamaConfig, spec: DiagnosticSpec):
+    """Feed each chain's last accepted token at a+step; position `step`'s acceptance, the next token.
+    `step` (3..L) is data: one compilation serves every position."""
     batch, groups = anchors.shape
     n, k, kmax = spec.chains, spec.sampling.top_k, spec.max_candidates
     seq_len = cache[0]["k"].shape[1] - _offsets(spec, groups)["total"]
@@ -274,7 +275,7 @@ def _chain_step(params, cache, q, q_logits, anchors, chains, key, config: LlamaC
                                anchor, visible, seq_len + off["chains"] + (step - 3) * groups * n)
     logits = lm_head(params, config, out).reshape(batch, groups, n, -1)
     p, index = cached.sparse_probs(logits, spec.sampling)
-    q_i = q[:, :, step - 1]
+    q_i = jax.lax.dynamic_index_in_dim(q, step - 1, axis=2, keepdims=False)
     alpha, accepted = candidates(p, jnp.take_along_axis(q_i[:, :, None], index, axis=-1), kmax)
     sampled = jnp.arange(1, n)
     num_k = (sampled - 1) // spec.paths
@@ -282,7 +283,8 @@ def _chain_step(params, cache, q, q_logits, anchors, chains, key, config: LlamaC
     following = jax.random.categorical(key, jnp.log(_normalized(sampled_acc)))
     token = jnp.concatenate([index[:, :, :1, 0],
                              jnp.take_along_axis(index[:, :, 1:], following[..., None], axis=-1)[..., 0]], axis=2)
-    greedy_hit = _greedy_hits(q_logits[:, :, step - 1], index[:, :, 0, 0], kmax)
+    greedy_hit = _greedy_hits(jax.lax.dynamic_index_in_dim(q_logits, step - 1, axis=2, keepdims=False),
+                              index[:, :, 0, 0], kmax)
     return cache, sampled_alpha, greedy_hit, {**chains, "token": token}
 
 
@@ -321,7 +323,7 @@ def diagnose(params, config: LlamaConfig, lookahead, tokens: np.ndarray, anchors
             for step in range(3, num_l + 1):
                 key, step_key = jax.random.split(key)
                 cache, alpha, hit, chains = _chain_step(params, cache, q, q_logits, anc, chains, step_key,
-                                                        config=config, spec=spec, step=step)
+                                                        jnp.int32(step), config=config, spec=spec)
                 weight = weight * np.asarray(alpha)
                 record["weights"].append(weight)
                 record["hits"].append(np.asarray(hit))
@@ -415,4 +417,4 @@ def write_metadata(path, result: dict[str, Any]) -> None:
     metadata = lookahead_lib.read_metadata(path)
     metadata["acceptance"] = result["acceptance"]
     metadata["diagnostic"] = {k: v for k, v in result.items() if k != "acceptance"}
-    lookahead_lib.metadata_path(path).write_text(json.dumps(metadata, indent=1))
+    outputs.write_text(lookahead_lib.metadata_path(path), json.dumps(metadata, indent=1))

@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from pass_jax import lookahead as lookahead_lib
+from pass_jax import outputs
 from pass_jax.config import ConfigError, LlamaConfig, load_config_file, load_preset, resolve_config_path
 from pass_jax.distributed import gather_to_host, global_array_from_local, process_local_batch
 from pass_jax.errors import PassJaxError
@@ -148,21 +149,25 @@ class RunConfig:
 
 
 _SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection, "output": OutputSection}
-_POSITIVE = ("seq_len", "max_documents", "max_tokens", "eval_max_tokens", "num_lookahead", "batch_size", "steps",
-             "anchors_per_seq", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep", "temperature",
-             "top_k")
+_AT_LEAST_ONE = ("seq_len", "max_documents", "max_tokens", "eval_max_tokens", "num_lookahead", "batch_size",
+                 "steps", "anchors_per_seq", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep",
+                 "top_k")
+_POSITIVE = ("lr", "clip", "temperature")
+_NON_NEGATIVE = ("warmup", "weight_decay")
 
 
 def _checked(value: Any, hint: Any, key: str) -> Any:
     """`value` if it fits the annotation `hint` (ints pass as floats; bools never as numbers)."""
     allowed = typing.get_args(hint) or (hint,)
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
-        return float(value)
+        value = float(value)
     if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
         raise ConfigError(f"{key} must be {names}, got {value!r}")
-    if key.rsplit(".", 1)[-1] in _POSITIVE and value is not None and value < 1:
-        raise ConfigError(f"{key} must be positive, got {value!r}")
+    name = key.rsplit(".", 1)[-1]
+    if value is not None and (name in _AT_LEAST_ONE and value < 1 or name in _POSITIVE and not value > 0
+                              or name in _NON_NEGATIVE and not value >= 0):
+        raise ConfigError(f"{key} must be {'>= 0' if name in _NON_NEGATIVE else 'positive'}, got {value!r}")
     return value
 
 
@@ -428,12 +433,58 @@ def evaluate(eval_step, model: LoadedModel, lookahead, data: PackedDataset, t: T
 # Checkpoints and logs
 # --------------------------------------------------------------------------
 
+RUN_MARKER = "pass_jax_run.json"  # marks a directory as a `pass-jax train` run, which --resume may reuse
+RUN_FORMAT = "pass-jax-train-run-v1"
+# What the optimizer and its schedule are built from: a resumed run that changes them no longer
+# continues the run its checkpoints came from.
+OPTIMIZER_KEYS = ("lr", "warmup", "weight_decay", "clip", "steps")
+
+
+def check_run_outputs(config: RunConfig, resume: bool = False, overwrite: bool = False,
+                      allow_changed_settings: bool = False) -> None:
+    """Before anything is loaded: output.dir must be new, empty or this command's own run (with
+    --resume, and unchanged optimizer settings), and the export must not replace a user's file."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts afresh: give one of them")
+    run_dir = outputs.check_dir(config.run_dir, "output.dir", overwrite, marker=RUN_MARKER)
+    if (run_dir / RUN_MARKER).is_file() and not overwrite:
+        if not resume:
+            raise ConfigError(f"output.dir {run_dir} holds a run: add --resume to continue it, --overwrite to start "
+                              "afresh, or set output.dir=NEW_DIR")
+        if not allow_changed_settings:
+            _check_unchanged_settings(run_dir, config.train)
+    export = config.export_path
+    if run_dir not in export.parents:
+        if export.suffix == ".npz":
+            outputs.check_files_in(export.parent, [export.name, lookahead_lib.metadata_path(export).name],
+                                   "output.export", overwrite)
+        else:
+            outputs.check_dir(export, "output.export", overwrite)
+
+
+def _check_unchanged_settings(run_dir: Path, t: TrainSection) -> None:
+    path = run_dir / "config.json"
+    if not path.is_file():  # killed before its first step: nothing was trained with other settings
+        return
+    try:
+        before = json.loads(path.read_text())["train"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: cannot read the run's settings ({err}); --allow-changed-settings resumes "
+                          "without comparing them") from None
+    changed = [f"train.{key} {before.get(key)!r} -> {getattr(t, key)!r}" for key in OPTIMIZER_KEYS
+               if before.get(key) != getattr(t, key)]
+    if changed:
+        raise ConfigError(f"--resume with changed optimizer settings ({', '.join(changed)}): the checkpoints were "
+                          "trained with the old ones; add --allow-changed-settings to continue anyway")
+
+
 def open_checkpoints(run_dir: Path, t: TrainSection):
     import orbax.checkpoint as ocp
 
-    # Synchronous saves: the state is tiny (L x d_emb, three copies), and a killed run must find
-    # its last checkpoint complete.
-    options = ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=False)
+    # Synchronous saves: the state is small (the look-ahead parameters, three copies), and a killed
+    # run must find its last checkpoint complete; a save cut short by the kill is swept on resume.
+    options = ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(run_dir / "checkpoints", options=options)
 
 
@@ -451,6 +502,9 @@ def save_checkpoint(manager, step: int, state: dict, data: PackedDataset, t: Tra
 
     if step == manager.latest_step() or not (force or step % t.checkpoint_every == 0):
         return
+    if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(gather_to_host(state["lookahead"]))):
+        raise PassJaxError(f"training diverged: the look-ahead parameters are not finite at step {step}; lower "
+                           "train.lr (the checkpoints so far hold finite ones)")
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                data=ocp.args.JsonSave(data_position(step, data, t))),
                  force=True)
@@ -484,7 +538,7 @@ class MetricsLog:
         kept = []
         if start_step > 0 and path.is_file():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        outputs.write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -497,22 +551,29 @@ class MetricsLog:
 # --------------------------------------------------------------------------
 
 def train(config: RunConfig, model: LoadedModel, mesh, train_data: PackedDataset, eval_data: PackedDataset,
-          resume: bool = False, command: str = "") -> dict[str, Any]:
-    """Train the look-ahead vectors, export them, and return the final eval metrics."""
+          resume: bool = False, command: str = "", overwrite: bool = False) -> dict[str, Any]:
+    """Train the look-ahead vectors, export them, and return the final eval metrics. With
+    `overwrite`, a previous run's checkpoints and metrics in the run dir are deleted first."""
     t = config.train
     local_batch_size(t, mesh)  # fail early on a batch the hosts cannot share
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        outputs.write_text(run_dir / RUN_MARKER, json.dumps({"format": RUN_FORMAT}))
+        if overwrite:
+            for name in ("checkpoints", "metrics.jsonl"):
+                outputs.remove(run_dir / name)
+    outputs.sync_processes("run dir ready")
     state = init_state(model, t, mesh)
     with open_checkpoints(run_dir, t) as manager:
         if manager.latest_step() is not None:
             if not resume:
                 raise PassJaxError(f"{run_dir} holds checkpoints up to step {manager.latest_step()}: add --resume "
-                                   "to continue that run, or set output.dir=NEW_DIR")
+                                   "to continue that run, --overwrite to start afresh, or set output.dir=NEW_DIR")
             state = restore_checkpoint(manager, state, train_data, t)
         start = int(gather_to_host(state["step"]))
-        if jax.process_index() == 0:
-            (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        if jax.process_index() == 0:  # what a later --resume compares its optimizer settings with
+            outputs.write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=1))
         log = MetricsLog(run_dir / "metrics.jsonl", start)
         eval_step = make_eval_step(model.config, t)
         if start == 0:  # the untrained baseline
@@ -549,6 +610,9 @@ def _train_steps(config: RunConfig, model: LoadedModel, mesh, train_data, eval_d
             pending, tick = [], time.perf_counter()
         elif step % t.log_every == 0 or step == t.steps:
             record = _mean_metrics(pending)
+            if not np.isfinite(record["loss"]):
+                raise PassJaxError(f"training diverged: the loss is {record['loss']} at step {step}; lower train.lr "
+                                   "(the checkpoints so far hold finite parameters)")
             step_s = (time.perf_counter() - tick) / len(pending)
             log.write({"step": step, "split": "train", "lr": float(schedule(index)), **record,
                        "step_s": round(step_s, 4), "tokens_per_s": round(tokens_per_step / step_s, 1),
@@ -589,9 +653,12 @@ def _export(config: RunConfig, model: LoadedModel, vectors, final: dict, train_d
     lookahead_lib.save(config.export_path, vectors, metadata)
 
 
-def run(config: RunConfig, resume: bool = False, command: str = "") -> dict[str, Any]:
-    """Load the model and data a config names, then train; returns the final eval metrics."""
+def run(config: RunConfig, resume: bool = False, command: str = "", overwrite: bool = False,
+        allow_changed_settings: bool = False) -> dict[str, Any]:
+    """Check the outputs, load the model and data a config names, then train; returns the final eval
+    metrics."""
+    check_run_outputs(config, resume, overwrite, allow_changed_settings)
     mesh = make_mesh(config.mesh)
     model = load_base_model(config.model, mesh)
     train_data, eval_data = load_splits(config.data, model.tokenizer)
-    return train(config, model, mesh, train_data, eval_data, resume=resume, command=command)
+    return train(config, model, mesh, train_data, eval_data, resume=resume, command=command, overwrite=overwrite)
