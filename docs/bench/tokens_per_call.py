@@ -1,0 +1,52 @@
+"""Tokens per model call and acceptance by depth of PaSS variants on held-out prompts (no timing).
+
+Tokens per call is the hardware-independent figure: it is what `pass-jax bench` reports beside every
+speed, measured here without the timed rounds so it can run on a busy machine. Usage:
+
+    .venv/bin/python docs/bench/tokens_per_call.py --domain text --sampling paper \
+        --variant calls=2,L=4 --variant calls=1,tree=4-2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from pass_jax.bench import corpus_prompts
+from pass_jax.generate import Generator
+from pass_jax.loading import load_model
+from pass_jax.sampling import GREEDY, PAPER
+
+
+def parse_variant(text: str) -> dict:
+    """'calls=1,tree=4-2' or 'calls=2,L=4' -> Generator settings."""
+    fields = dict(part.split("=") for part in text.split(","))
+    tree = tuple(int(k) for k in fields["tree"].split("-")) if "tree" in fields else ()
+    return {"calls": int(fields.get("calls", 2)), "num_lookahead": len(tree) or int(fields["L"]), "draft_tree": tree}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain", choices=("text", "code"), action="append", required=True)
+    parser.add_argument("--sampling", choices=("paper", "greedy"), action="append", required=True)
+    parser.add_argument("--variant", action="append", required=True, type=parse_variant)
+    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args()
+    model = load_model("smollm2-135m")
+    for domain in args.domain:
+        prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
+        for name in args.sampling:
+            for variant in args.variant:
+                generator = Generator(model, mode="pass", lookahead="default", domain=domain,
+                                      max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
+                                      sampling=PAPER if name == "paper" else GREEDY, **variant)
+                _, summary = generator.generate(prompts, seed=0)
+                print(json.dumps({"domain": domain, "sampling": name, **variant,
+                                  "width": generator.spec.width, "tokens_per_call": summary["tokens_per_call"],
+                                  "position_acceptance": summary["position_acceptance"],
+                                  "model_calls": summary["model_calls"], "new_tokens": summary["new_tokens"]}),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
