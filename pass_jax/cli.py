@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -44,8 +45,32 @@ a float32 copy of the dequantized weights; later runs load both from the cache d
   PASS_JAX_MODEL_CACHE=0          do not write or read float32 copies of .gguf models"""
 
 
+SEPARATOR = "-" * 40
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _shown_prompt(prompt: str, chat: bool) -> str:
+    """What precedes an answer on screen: a raw prompt runs on into its continuation; a chat prompt
+    is quoted on lines of its own (the template around it is not shown)."""
+    if not chat:
+        return prompt
+    return "".join(f"> {line}\n" for line in prompt.splitlines() or [""])
+
+
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache under the pass-jax cache directory, unless turned off or
+    the user set JAX's own: a later run loads the compiled decode loop instead of compiling it."""
+    import jax
+    from .loading import cache_dir
+
+    if os.environ.get("PASS_JAX_COMPILATION_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    # Cache every program: JAX's default skips those that compiled in under a second.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _read_prompts(args) -> list[str]:
@@ -124,10 +149,20 @@ def cmd_generate(args) -> int:
     check_settings(args.mode, decode["num_lookahead"], args.max_new_tokens, decode["calls"], decode["draft_tree"])
     if args.batch_size < 1:
         raise PassJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.stream and args.json:
+        raise PassJaxError("--stream prints text as it comes and --json one object per prompt: choose one")
+    if args.stream and args.batch_size > 1:
+        raise PassJaxError("--stream shows one prompt at a time: use --batch-size 1 (batches print when done)")
+    if args.system is not None and args.chat is False:
+        raise PassJaxError("--system needs the chat template: drop --no-chat")
+    stream = (sys.stdout.isatty() if args.stream is None else args.stream) and not args.json and args.batch_size == 1
     if args.mode == "pass":
         check_lookahead_arg(args.lookahead)
+    enable_compilation_cache()
     _log(f"loading {args.model} ...")
+    start = time.perf_counter()
     model = load_model(args.model)
+    load_s = time.perf_counter() - start
     if args.mode == "pass" and args.num_lookahead == "auto":
         chosen = auto_pass_settings(model, args.lookahead, sampling, args.batch_size)
         if chosen is None:
@@ -135,28 +170,48 @@ def cmd_generate(args) -> int:
         else:
             decode = chosen
     generator = Generator(model, mode=args.mode, lookahead=args.lookahead, max_new_tokens=args.max_new_tokens,
-                          sampling=sampling, batch_size=args.batch_size, **decode)
+                          sampling=sampling, batch_size=args.batch_size,
+                          chat="auto" if args.chat is None else args.chat, system=args.system, **decode)
+    if generator.chat:
+        system = f"system prompt {generator.system!r}" if generator.system is not None else "its own system prompt"
+        _log(f"chat: each prompt is a user message in the model's chat template, with {system} "
+             "(--no-chat feeds raw text)")
     if args.mode == "pass":
         tree = decode["draft_tree"]
         shape = f"draft tree {','.join(map(str, tree))}" if tree else f"L={decode['num_lookahead']} look-ahead steps"
         _log(f"PaSS with {shape}, {decode['calls']} call{'s' if decode['calls'] == 2 else ''} per iteration, "
              f"vectors: {generator.lookahead_source}")
     _log("compiling the decode loop (once per prompt-length bucket) ...")
-    results, summary = generator.generate(prompts, seed=args.seed, progress=True)
+    shown: list[int] = []
+
+    def show(index: int, piece: str) -> None:
+        if index == len(shown):  # the first piece of a new prompt's answer
+            if shown:
+                print(f"\n{SEPARATOR}")
+            print(_shown_prompt(prompts[index], generator.chat), end="")
+            shown.append(index)
+        print(piece, end="", flush=True)
+
+    results, summary = generator.generate(prompts, seed=args.seed, progress=True, stream=show if stream else None)
+    if stream:
+        print(f"\n{SEPARATOR}", flush=True)
+        results = []  # already shown
     for result in results:
         if args.json:
             keys = ("model_calls", "new_tokens", "tokens_per_call", "mean_accepted", "wall_s", "tokens_per_s")
             print(json.dumps({"prompt": result.prompt, "text": result.text, "tokens": result.tokens,
                               "stats": {k: result.stats[k] for k in keys}}), flush=True)
         else:
-            print(result.prompt + result.text, flush=True)
-            print("-" * 40, flush=True)
+            print(_shown_prompt(result.prompt, generator.chat) + result.text, flush=True)
+            print(SEPARATOR, flush=True)
     if args.json:
-        print(json.dumps({"summary": {"mode": args.mode, **(decode if args.mode == "pass" else {}), **summary}}))
+        print(json.dumps({"summary": {"mode": args.mode, **(decode if args.mode == "pass" else {}), **summary,
+                                      "load_s": load_s}}))
     else:
-        _log(f"{summary['new_tokens']} tokens in {summary['wall_s']:.2f} s ({summary['tokens_per_s']:.1f} tok/s), "
-             f"{summary['tokens_per_call']:.2f} tokens per model call, mean accepted drafts "
-             f"{summary['mean_accepted']:.2f}; compile {summary['compile_s']:.1f} s (not included)")
+        # Tokens per model call carries across hardware; tokens/s is this machine's.
+        _log(f"{summary['new_tokens']} tokens, {summary['tokens_per_s']:.1f} tok/s, {summary['tokens_per_call']:.2f} "
+             f"tokens per model call (mean accepted drafts {summary['mean_accepted']:.2f}); load {load_s:.1f} s, "
+             f"compile {summary['compile_s']:.1f} s, generate {summary['wall_s']:.1f} s")
     return 0
 
 
@@ -256,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0)")
     gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt, then a summary line")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="--chat: put each prompt into the tokenizer's chat template as a user message and "
+                          "generate the answer; --no-chat: continue the raw text. Default: chat when the "
+                          "tokenizer has a chat template (instruct models; see below)")
+    gen.add_argument("--system", metavar="TEXT", help="system prompt for --chat (default: see below)")
+    gen.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                     help="print each answer as its tokens are committed (default: when stdout is a terminal; "
+                          "never with --json or --batch-size > 1)")
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert", help="write a checkpoint as a sharded Orbax directory for fast reload")

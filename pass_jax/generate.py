@@ -1,12 +1,13 @@
-"""Batch generation at the edge: tokenize, bucket, batch, run the jitted loop, detokenize.
+"""Batch generation at the edge: tokenize (raw or through the chat template), bucket, batch, run the
+jitted loop, detokenize (all at the end, or streamed between chunks of loop iterations).
 
-Python-side state lives only here and in the CLI; `decoding.decode` stays pure.
+Python-side state lives only here and in the CLI; `decoding` stays pure.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
-from .decoding import DecodeSpec, decode_jit
+from .decoding import DecodeSpec, decode_steps_jit, prefill_jit
 from .distributed import gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
@@ -22,6 +23,13 @@ from .sampling import SamplingConfig
 from .sharding import cache_sharding
 
 MIN_BUCKET = 16
+# Loop iterations between two reads of a streamed decode; each read syncs host and device.
+STREAM_STEPS = 1
+NO_STEP_LIMIT = np.iinfo(np.int32).max
+# The bundled SmolLM2-135M-Instruct (Q4_1) under its template's own system prompt answers "The capital
+# of France is" in broken French; under this one it answers it, and 9 of 12 short factual prompts
+# against 7 of 12 (greedy; docs/scripts/chat_prompts.py).
+BUNDLED_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
 
 
 class GenerationError(PassJaxError):
@@ -34,6 +42,55 @@ class GenerationResult:
     text: str
     tokens: list[int]
     stats: dict[str, Any]
+
+
+def resolve_chat(tokenizer, chat: bool | str) -> bool:
+    """True/False as given, or "auto": on when the tokenizer has a chat template (instruct models)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat == "auto":
+        return has_template
+    if not isinstance(chat, bool):
+        raise GenerationError(f"chat must be True, False or 'auto', got {chat!r}")
+    if chat and not has_template:
+        raise GenerationError("chat mode needs a chat template and this model's tokenizer has none; "
+                              "generate from the raw prompt (--no-chat, chat=False)")
+    return chat
+
+
+class TextStream:
+    """Incremental detokenization of a growing list of token ids.
+
+    Each `push` decodes only from the previous boundary on (not the whole list), and holds back text
+    that ends in an incomplete UTF-8 character (U+FFFD) until its next bytes arrive. Decoding a
+    window that starts one boundary back, then dropping that boundary's text, keeps tokenizers that
+    strip a leading space from a window's first word joining correctly.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # window start; ids[:read] are printed
+        self.emitted = 0             # characters printed
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, ids: Sequence[int]) -> str:
+        """The new text of `ids` (all tokens so far, extending the last call's)."""
+        self.ids = list(ids)
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        self.emitted += len(after) - len(before)
+        return after[len(before):]
+
+    def finish(self, text: str) -> str:
+        """What is left of the full decoded `text` (including held-back characters)."""
+        rest = text[self.emitted:]
+        self.emitted = len(text)
+        return rest
 
 
 def bucket_width(length: int, max_len: int) -> int:
@@ -84,15 +141,27 @@ def summarize(stats: Sequence[dict[str, Any]], wall_s: float, compile_s: float) 
 
 
 class Generator:
-    """Generates from one loaded model with fixed decode settings; compiles once per bucket."""
+    """Generates from one loaded model with fixed decode settings; compiles once per bucket.
+
+    chat: True puts each prompt into the tokenizer's chat template as a user message (after the
+    `system` message: by default BUNDLED_SYSTEM_PROMPT for the bundled model, the template's own for
+    others) and generates the assistant's answer; "auto" does so when the tokenizer has a template.
+    The default False feeds the prompt as raw text to continue.
+    """
 
     def __init__(self, model: LoadedModel, *, mode: str = "pass", num_lookahead: int = 4,
                  lookahead: str | Any = "default", max_new_tokens: int = 128,
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None,
                  domain: str = "text", stop_ids: Sequence[int] = (), calls: int = 2,
-                 draft_tree: Sequence[int] = ()):
+                 draft_tree: Sequence[int] = (), chat: bool | str = False, system: str | None = None):
         if batch_size < 1:
             raise GenerationError(f"batch size must be >= 1, got {batch_size}")
+        self.chat = resolve_chat(model.tokenizer, chat)
+        if system is not None and not self.chat:
+            raise GenerationError("a system prompt needs chat mode (--chat, chat=True)")
+        if system is None and self.chat and model.identity == DEFAULT_MODEL:
+            system = BUNDLED_SYSTEM_PROMPT
+        self.system = system
         self.model = model
         self.mesh = mesh
         self.batch_size = batch_size
@@ -117,7 +186,10 @@ class Generator:
     def encode(self, prompt: str) -> list[int]:
         if not prompt or not prompt.strip():
             raise GenerationError("empty prompt: give some text to continue")
-        ids = list(self.model.tokenizer(prompt)["input_ids"])
+        if self.chat:
+            ids = self._chat_ids(prompt)
+        else:
+            ids = list(self.model.tokenizer(prompt)["input_ids"])
         limit, budget = self.model.config.max_seq_len, self.spec.max_new_tokens
         margin = self.spec.width + 1  # the widest decode call may write past the budget's last token
         if len(ids) + budget + margin > limit:
@@ -127,12 +199,28 @@ class Generator:
                 f"these settings leave room for {max(limit - budget - margin, 0)} prompt tokens")
         return ids
 
-    def _executable(self, batch: int, width: int, args):
-        """AOT-compile per (batch, bucket) so compile time is measured apart from decoding."""
+    def _chat_ids(self, prompt: str) -> list[int]:
+        messages = [{"role": "system", "content": self.system}] if self.system is not None else []
+        messages.append({"role": "user", "content": prompt})
+        tokenizer = self.model.tokenizer
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:  # jinja raises TemplateError (e.g. a template without a system role)
+            raise GenerationError(f"the model's chat template refused the prompt: {err}") from None
+        # The template writes its own special tokens (BOS too, where the model expects one).
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _executables(self, batch: int, width: int, args):
+        """AOT-compile the prefill and the decode loop per (batch, bucket), timing compilation apart."""
         key = (batch, width)
         if key not in self._compiled:
             start = time.perf_counter()
-            self._compiled[key] = decode_jit.lower(*args, spec=self._spec_for(batch, width)).compile()
+            spec = self._spec_for(batch, width)
+            prefill = prefill_jit.lower(*args, spec=spec).compile()
+            params, lookahead, _, lengths, _ = args
+            steps = decode_steps_jit.lower(params, lookahead, prefill.out_info, lengths, np.int32(0),
+                                           spec=spec).compile()
+            self._compiled[key] = prefill, steps
             self.compile_s += time.perf_counter() - start
         return self._compiled[key]
 
@@ -142,8 +230,14 @@ class Generator:
         length = self.spec.buffer_length(width)
         return dataclasses.replace(self.spec, cache_sharding=cache_sharding(self.model.config, self.mesh, batch, length))
 
-    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seed: int = 0):
-        """Decode one batch of token-id prompts; returns (the final DecodeState on host, wall seconds)."""
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seed: int = 0,
+                     on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
+        """Decode one batch of token-id prompts; returns (the final DecodeState on host, wall seconds).
+
+        With `on_chunk`, the loop runs STREAM_STEPS iterations at a time and `on_chunk(tokens,
+        lengths)` sees the committed tokens on host after the prefill and after every chunk. The
+        result is the same either way: a chunk only caps the loop's iteration count.
+        """
         batch = len(prompt_ids)
         width = bucket_width(max(len(p) for p in prompt_ids), self.model.config.max_seq_len)
         tokens = np.zeros((batch, width), np.int32)
@@ -159,25 +253,51 @@ class Generator:
             lengths = global_array_from_local(lengths[rows], self.mesh)
             key, lookahead = replicate((key, lookahead), self.mesh)
         args = (self.model.params, lookahead, tokens, lengths, key)
-        executable = self._executable(batch, width, args)
+        prefill, steps = self._executables(batch, width, args)
         start = time.perf_counter()
-        state = executable(*args)
+        state = prefill(*args)
+        if on_chunk is None:
+            state = steps(self.model.params, lookahead, state, lengths, NO_STEP_LIMIT)
+        else:
+            while True:
+                host_tokens, host_lengths, done = gather_to_host((state.tokens, state.lengths, state.done))
+                on_chunk(host_tokens, host_lengths)
+                if done.all():
+                    break
+                state = steps(self.model.params, lookahead, state, lengths, STREAM_STEPS)
         jax.block_until_ready(state.tokens)
         wall = time.perf_counter() - start
         return gather_to_host(state._replace(cache=None, key=None)), wall
 
-    def generate(self, prompts: Sequence[str], seed: int = 0, progress: bool = False) -> tuple[list[GenerationResult], dict]:
+    def generate(self, prompts: Sequence[str], seed: int = 0, progress: bool = False,
+                 stream: Callable[[int, str], None] | None = None) -> tuple[list[GenerationResult], dict]:
+        """Generate for every prompt; returns (results, summary).
+
+        stream: called as `stream(index, text)` with each new piece of prompt `index`'s answer as its
+        tokens are committed: at least once per prompt (the first piece may be empty), prompts in
+        order, and the pieces of a prompt join to its result's text. Needs batch size 1.
+        """
+        if stream is not None and self.batch_size != 1:
+            raise GenerationError(f"streaming shows one prompt at a time and needs batch size 1, got {self.batch_size}")
         encoded = [self.encode(p) for p in prompts]
         results: list[GenerationResult] = []
         wall_total = 0.0
         # Never more rows than prompts (copies would be wasted work); later batches keep this size.
         size = min(self.batch_size, max(len(encoded), 1))
         batches = range(0, len(prompts), size)
-        for start in tqdm(batches, desc="generating", unit="batch", disable=not progress or len(batches) < 2):
+        # A streamed answer is its own progress display; a bar would cut through it.
+        show_bar = progress and stream is None and len(batches) > 1
+        for start in tqdm(batches, desc="generating", unit="batch", disable=not show_bar):
             chunk = encoded[start:start + size]
             # Fill a short last batch with copies so the compiled batch size is reused.
             padded = chunk + [chunk[0]] * (size - len(chunk))
-            state, wall = self.generate_ids(padded, seed=seed + start)
+            on_chunk = text_stream = None
+            if stream is not None:
+                text_stream = TextStream(self.model.tokenizer)
+
+                def on_chunk(tokens, lengths, index=start, prompt_length=len(chunk[0]), pieces=text_stream):
+                    stream(index, pieces.push(tokens[0, prompt_length:lengths[0]].tolist()))
+            state, wall = self.generate_ids(padded, seed=seed + start, on_chunk=on_chunk)
             wall_total += wall
             for row, ids in enumerate(chunk):
                 length = int(state.lengths[row])
@@ -185,13 +305,16 @@ class Generator:
                 stats = row_stats(state, row, len(ids))
                 stats.update(wall_s=wall, tokens_per_s=stats["new_tokens"] / wall if wall > 0 else 0.0)
                 text = self.model.tokenizer.decode(new_ids, skip_special_tokens=True)
+                if text_stream is not None and (rest := text_stream.finish(text)):
+                    stream(start, rest)
                 results.append(GenerationResult(prompts[start + row], text, new_ids, stats))
         return results, summarize([r.stats for r in results], wall_total, self.compile_s)
 
 
 def generate(prompts: str | Iterable[str], model: str | LoadedModel = DEFAULT_MODEL, *, seed: int = 0,
              **settings) -> list[GenerationResult]:
-    """One-call API: `generate("Once upon a time", mode="pass", num_lookahead=4)`."""
+    """One-call API: `generate("Once upon a time", mode="pass", num_lookahead=4)`; `chat="auto"` asks an
+    instruct model in its chat template. Settings are `Generator`'s."""
     if isinstance(prompts, str):
         prompts = [prompts]
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
