@@ -165,9 +165,10 @@ def _checked(value: Any, hint: Any, key: str) -> Any:
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
         raise ConfigError(f"{key} must be {names}, got {value!r}")
     name = key.rsplit(".", 1)[-1]
-    if value is not None and (name in _AT_LEAST_ONE and value < 1 or name in _POSITIVE and not value > 0
-                              or name in _NON_NEGATIVE and not value >= 0):
-        raise ConfigError(f"{key} must be {'>= 0' if name in _NON_NEGATIVE else 'positive'}, got {value!r}")
+    if value is not None and (name in _AT_LEAST_ONE and value < 1 or name in _POSITIVE and not 0 < value < np.inf
+                              or name in _NON_NEGATIVE and not 0 <= value < np.inf):
+        rule = "finite and >= 0" if name in _NON_NEGATIVE else "finite and positive" if name in _POSITIVE else "positive"
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
     return value
 
 
@@ -587,6 +588,12 @@ def train(config: RunConfig, model: LoadedModel, mesh, train_data: PackedDataset
     return final
 
 
+def _clock() -> np.ndarray:
+    """(wall, this process's CPU) seconds: on a shared machine the CPU time per step is the stable
+    cost, the wall time depends on the other processes."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
 def _train_steps(config: RunConfig, model: LoadedModel, mesh, train_data, eval_data, state, manager, log,
                  eval_step) -> dict:
     """From the state's step to train.steps: step, log, eval and checkpoint on schedule."""
@@ -599,31 +606,33 @@ def _train_steps(config: RunConfig, model: LoadedModel, mesh, train_data, eval_d
     pending: list[dict] = []
     bar = tqdm(train_data.batches(local_batch, start, t.seed, num_steps=t.steps - start), total=t.steps,
                initial=start, desc=f"training {config.name}", unit="step", disable=jax.process_index() != 0)
-    tick = time.perf_counter()
+    tick = _clock()
     for index, rows in bar:
         state, metrics = train_step(model.params, state, global_array_from_local(rows, mesh))
         pending.append(metrics)
         step = index + 1
         if index == start:  # keep compilation out of the step time
             jax.block_until_ready(state)
-            log.write({"step": step, "split": "compile", "first_step_s": round(time.perf_counter() - tick, 3)})
-            pending, tick = [], time.perf_counter()
+            log.write({"step": step, "split": "compile", "first_step_s": round(_clock()[0] - tick[0], 3)})
+            pending, tick = [], _clock()
         elif step % t.log_every == 0 or step == t.steps:
             record = _mean_metrics(pending)
             if not np.isfinite(record["loss"]):
                 raise PassJaxError(f"training diverged: the loss is {record['loss']} at step {step}; lower train.lr "
                                    "(the checkpoints so far hold finite parameters)")
-            step_s = (time.perf_counter() - tick) / len(pending)
+            step_s, step_cpu_s = (_clock() - tick) / len(pending)
             log.write({"step": step, "split": "train", "lr": float(schedule(index)), **record,
                        "step_s": round(step_s, 4), "tokens_per_s": round(tokens_per_step / step_s, 1),
-                       "anchors_per_s": round(t.batch_size * t.anchors_per_seq / step_s, 2)})
+                       "anchors_per_s": round(t.batch_size * t.anchors_per_seq / step_s, 2),
+                       "step_cpu_s": round(step_cpu_s, 3),
+                       "anchors_per_cpu_s": round(t.batch_size * t.anchors_per_seq / step_cpu_s, 3)})
             bar.set_postfix(loss=f"{record['loss']:.3f}", accept1=f"{record['accept'][0]:.3f}")
-            pending, tick = [], time.perf_counter()
+            pending, tick = [], _clock()
         if step % t.eval_every == 0 and step < t.steps:  # the final eval follows the loop
-            eval_start = time.perf_counter()
+            eval_start = _clock()
             log.write({"step": step, "split": "eval",
                        **evaluate(eval_step, model, state["lookahead"], eval_data, t, mesh)})
-            tick += time.perf_counter() - eval_start  # eval time is not step time
+            tick += _clock() - eval_start  # eval time is not step time
         save_checkpoint(manager, step, state, train_data, t)
     bar.close()
     return state
