@@ -115,7 +115,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def _remove(path) -> None:
+def remove(path) -> None:
+    """Delete a file or directory tree (local or gs://), if it exists."""
     if path.is_dir():
         shutil.rmtree(path) if isinstance(path, Path) else path.rmtree()
     elif path.exists():
@@ -134,32 +135,33 @@ def atomic_dir(path, is_writer: bool = True) -> Iterator:
     """
     if not isinstance(path, Path):  # gs://
         if is_writer and path.exists():
-            _remove(path)
+            remove(path)
         yield path
         return
     tmp = path.with_name(f".{path.name}.partial")
     if is_writer:
-        _remove(tmp)  # a killed writer's leftover
-        _sync_processes("atomic_dir cleared")
+        remove(tmp)  # a killed writer's leftover
+        sync_processes("atomic_dir cleared")
     try:
         yield tmp
         if is_writer:
             _pause_for_tests(path)
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
-                _remove(old)
+                remove(old)
                 path.rename(old)
                 tmp.rename(path)
-                _remove(old)
+                remove(old)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.rename(path)
     finally:
         if is_writer and tmp.exists():
-            _remove(tmp)
+            remove(tmp)
 
 
-def _sync_processes(name: str) -> None:
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-host job (nothing in a single process)."""
     import jax
 
     if jax.process_count() > 1:

@@ -83,6 +83,21 @@ CASES = [
     ("corrupt config.json", GEN + ["--model", "{bad}/hf_badcfg"], "config.json: not valid JSON", True),
     ("corrupt pass_jax.json", GEN + ["--model", "{bad}/conv_badmeta"], "pass_jax.json: not valid JSON", True),
     ("train.nope=1", ["train", "--config", "tiny_overfit", "train.nope=1"], "unknown config key(s) train.nope", False),
+    ("train.lr=-1", ["train", "--config", "tiny_overfit", "train.lr=-1"], "train.lr must be finite and positive", False),
+    ("train.clip=-1", ["train", "--config", "tiny_overfit", "train.clip=-1"], "train.clip must be finite and positive",
+     False),
+    ("train.warmup=-1", ["train", "--config", "tiny_overfit", "train.warmup=-1"], "train.warmup must be finite and >= 0",
+     False),
+    ("train.weight_decay=-0.1", ["train", "--config", "tiny_overfit", "train.weight_decay=-0.1"],
+     "train.weight_decay must be finite and >= 0", False),
+    ("train output.dir a file", ["train", "--config", "tiny_overfit", "output.dir={bad}/afile"],
+     "is a file, not a directory", False),
+    ("train output.export exists", ["train", "--config", "tiny_overfit", "output.dir={bad}/new_run",
+                                    "output.export={bad}/wrong.npz"], "wrong.npz already exists", False),
+    ("train eval --json in a missing dir", ["train", "eval", "--config", "tiny_overfit", "--lookahead", "none",
+                                            "--json", "{bad}/nope/x.json"], "nope does not exist", False),
+    ("train eval --lookahead not an npz", ["train", "eval", "--config", "tiny_overfit", "--lookahead",
+                                           "{bad}/notnpz.npz"], "not a .npz file", False),
     ("convert to a file", ["convert", "smollm2-135m", "{bad}/afile"], "is a file, not a directory", False),
     ("convert into a non-empty dir", ["convert", "smollm2-135m", "{bad}/notorbax"], "is not empty", False),
     ("convert under a file", ["convert", "smollm2-135m", "{bad}/afile/sub"], "afile is a file, not a directory",
@@ -114,6 +129,8 @@ def test_bad_input_gives_one_error_line(name, argv, message, loads, bad, smollm2
 
     for module in ("pass_jax.loading", "pass_jax.bench", "pass_jax.humaneval"):
         monkeypatch.setattr(f"{module}.load_model", load)
+    if not loads:
+        monkeypatch.setattr("train.loop.load_base_model", load)
     try:
         code = cli.main([word.replace("{bad}", str(bad)) for word in argv])
     except SystemExit as exit_:  # argparse's own errors

@@ -18,13 +18,13 @@ import pytest
 from pass_jax import cli, outputs
 from pass_jax.loading import load_model, save_converted
 
-WORKER = Path(__file__).with_name("_outputs_worker.py")
+STUBBED = [sys.executable, str(Path(__file__).with_name("_outputs_worker.py"))]  # bench, eval without a model
+CLI = [sys.executable, "-m", "pass_jax.cli"]
 STARTUP_LIMIT_S = 600  # generous: a loaded 2-core machine imports jax and friends slowly
 
 
-def kill_when_paused(argv: list[str], target: Path, worker: bool = True) -> None:
-    """Run `pass-jax ARGV` until it pauses before renaming its output into `target`, then SIGKILL it."""
-    command = [sys.executable, str(WORKER)] if worker else [sys.executable, "-m", "pass_jax.cli"]
+def kill_when_paused(argv: list[str], target: Path, command: list[str] = STUBBED) -> None:
+    """Run `COMMAND ARGV` until it pauses before renaming its output into `target`, then SIGKILL it."""
     env = {**os.environ, outputs.PAUSE_ENV: target.name}
     process = subprocess.Popen(command + argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(STARTUP_LIMIT_S, process.kill)
@@ -104,7 +104,7 @@ def test_convert_killed_mid_write_keeps_the_old_checkpoint(make_hf_llama, tmp_pa
     save_converted(load_model(old_dir), dst)
     old = [np.asarray(x) for x in jax.tree.leaves(load_model(dst).params)]
 
-    kill_when_paused(["convert", str(new_dir), str(dst), "--overwrite"], dst, worker=False)
+    kill_when_paused(["convert", str(new_dir), str(dst), "--overwrite"], dst, command=CLI)
     for kept, leaf in zip(old, jax.tree.leaves(load_model(dst).params)):
         np.testing.assert_array_equal(np.asarray(leaf), kept)
 

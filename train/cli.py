@@ -59,6 +59,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "llama1_7b_wiki, llama1_7b_stack_python, tiny_overfit) or a JSON file")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the run dir's latest checkpoint (starts fresh if there is none)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in output.dir although it is not empty (a previous run's checkpoints and "
+                             "metrics there are deleted); without it, only a new, empty or --resume'd run dir is used")
+    parser.add_argument("--allow-changed-settings", action="store_true",
+                        help="with --resume: continue although train.lr, warmup, weight_decay, clip or steps changed")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -84,6 +89,8 @@ class _OptionalSubcommand(argparse._SubParsersAction):
 
 def register(subparsers) -> None:
     """Add the `train` subcommand (and `train eval`) to the `pass-jax` parser."""
+    from pass_jax.cli import add_overwrite_arg
+
     parser = subparsers.add_parser(
         "train", help="train PaSS look-ahead parameters (base model frozen)", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -116,6 +123,7 @@ def register(subparsers) -> None:
                             help="sampled accepted prefixes per anchor and K, for positions past 2 (default 2)")
     evaluation.add_argument("--seed", type=int, default=0, help="anchor choice and sampled prefixes")
     evaluation.add_argument("--json", metavar="PATH", help="also write the result to this file")
+    add_overwrite_arg(evaluation)
     evaluation.add_argument("--write-metadata", action="store_true",
                             help="store the result in the evaluated parameters' JSON metadata")
     evaluation.set_defaults(func=cmd_eval)
@@ -135,13 +143,16 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=1))
         return 0
-    final = run(config, resume=args.resume, command=command_line(args) + " --resume" * args.resume)
+    final = run(config, resume=args.resume, command=command_line(args) + " --resume" * args.resume,
+                overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings)
     print(json.dumps({"run_dir": str(config.run_dir), "lookahead": str(config.export_path), "final_eval": final}))
     return 0
 
 
 def cmd_eval(args) -> int:
     from pass_jax import lookahead as lookahead_lib
+    from pass_jax import outputs
+    from pass_jax.cli import check_lookahead_arg
     from pass_jax.errors import PassJaxError
     from pass_jax.sharding import make_mesh
     from train import diagnostic
@@ -154,6 +165,8 @@ def cmd_eval(args) -> int:
                                          max_candidates=args.candidates, paths=args.paths)
     except ValueError as err:
         raise PassJaxError(str(err)) from None
+    check_lookahead_arg(args.lookahead)
+    json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
     model = load_base_model(config.model, make_mesh(config.mesh))
     data = load_split(config.data, model.tokenizer, "test")
     domain = "code" if config.data.source in ("python", "the-stack-python") else "text"
@@ -174,9 +187,8 @@ def cmd_eval(args) -> int:
               **result, "command": command_line(args, *words)}
     print(diagnostic.format_table(result), file=sys.stderr)
     print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    if json_path:
+        outputs.write_text(json_path, json.dumps(result, indent=1))
     if args.write_metadata:
         path = diagnostic.metadata_target(args.lookahead, model.identity, domain)
         diagnostic.write_metadata(path, result)
