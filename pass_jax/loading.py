@@ -7,7 +7,7 @@ their shardings, so a 7B checkpoint never needs two full copies in host memory.
 """
 from __future__ import annotations
 
-from .errors import PassJaxError
+from .errors import PassJaxError, root_reason
 
 import dataclasses
 import hashlib
@@ -188,7 +188,7 @@ def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
     try:
         hf_config = transformers.AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:  # e.g. no or an unknown model_type
-        raise LoadError(f"{path / 'config.json'}: {str(err).splitlines()[0]}") from None
+        raise LoadError(f"{path / 'config.json'}: {root_reason(err)}") from None
     config = hf_to_config(hf_config, **config_overrides)
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -242,7 +242,7 @@ def _tokenizer_from(local_dir):
     try:
         return transformers.AutoTokenizer.from_pretrained(local_dir)
     except (OSError, ValueError, KeyError) as err:  # missing or unreadable tokenizer files
-        raise LoadError(f"{local_dir}: cannot load the tokenizer ({str(err).splitlines()[0]})") from None
+        raise LoadError(f"{local_dir}: cannot load the tokenizer ({root_reason(err)})") from None
 
 
 def _hf_name(config, path_):
@@ -561,10 +561,8 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
     with ocp.StandardCheckpointer() as ckpt:
         try:
             params = ckpt.restore(path / "params", target)
-        except ValueError as err:
-            raise LoadError(f"{path}: checkpoint does not match its config ({str(err).splitlines()[0]})") from None
-        except (OSError, KeyError) as err:  # missing or damaged Orbax files
-            raise LoadError(f"{path}: unreadable params checkpoint ({str(err).splitlines()[0]})") from None
+        except Exception as err:  # Orbax and TensorStore raise ValueError, OSError, even a bare Exception
+            raise LoadError(f"{path}: params/ is damaged or does not match its config ({root_reason(err)})") from None
     with tempfile.TemporaryDirectory() as local:  # tokenizers read local files only (the dir may be gs://)
         for file in (path / "tokenizer").iterdir():
             (Path(local) / file.name).write_bytes(file.read_bytes())

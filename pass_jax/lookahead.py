@@ -13,7 +13,7 @@ the kind, or as an Orbax checkpoint directory; trained parameters for the bundle
 """
 from __future__ import annotations
 
-from .errors import PassJaxError
+from .errors import PassJaxError, root_reason
 
 import json
 import zipfile
@@ -205,8 +205,8 @@ def read(path: str | Path):
         try:
             with ocp.StandardCheckpointer() as ckpt:
                 lookahead = jax.tree.map(np.asarray, ckpt.restore(item)["lookahead"])
-        except (OSError, ValueError, KeyError, TypeError) as err:  # Orbax's errors for a directory it cannot read
-            raise LookaheadError(f"{path}: not a look-ahead Orbax checkpoint ({str(err).splitlines()[0]})") from None
+        except Exception as err:  # Orbax and TensorStore raise ValueError, OSError, even a bare Exception
+            raise LookaheadError(f"{path}: not a look-ahead Orbax checkpoint ({root_reason(err)})") from None
     _check_finite(lookahead, f"{path}: the look-ahead parameters")
     return lookahead
 

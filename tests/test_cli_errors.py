@@ -153,3 +153,20 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
     monkeypatch.setenv("PASS_JAX_DEBUG", "1")
     assert cli.main(argv) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_damaged_checkpoint_is_one_line_without_orbax_noise(bad, tmp_path):
+    """Orbax abandons its other reads when one fails; uncaught, they spill asyncio tracebacks at exit."""
+    import subprocess
+    import sys
+
+    from pass_jax.loading import load_model, save_converted
+
+    save_converted(load_model(bad / "tiny_hf"), tmp_path / "converted")
+    for chunk in (tmp_path / "converted" / "params").glob("ocdbt.process_*/d/*"):
+        chunk.write_bytes(chunk.read_bytes()[:10])
+    done = subprocess.run([sys.executable, "-m", "pass_jax.cli", "generate", "--model", str(tmp_path / "converted"),
+                           "--prompt", "the quick", "--mode", "ar"], capture_output=True, text=True, timeout=600)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 2 and lines[0].startswith("loading "), done.stderr
+    assert "params/ is damaged or does not match its config (OUT_OF_RANGE" in lines[1]
