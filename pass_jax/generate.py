@@ -23,8 +23,10 @@ from .sampling import SamplingConfig
 from .sharding import cache_sharding
 
 MIN_BUCKET = 16
-# Loop iterations between two reads of a streamed decode; each read syncs host and device.
-STREAM_STEPS = 1
+# A streamed decode is read back about this often (0: after every iteration). A read costs a
+# host-device sync and a launch, a fixed time that would be a large share of a fast decode step (an
+# accelerator's, or ar's) if every iteration were read; so the chunk grows until it takes this long.
+STREAM_INTERVAL_S = 0.1
 NO_STEP_LIMIT = np.iinfo(np.int32).max
 # The bundled SmolLM2-135M-Instruct (Q4_1) under its template's own system prompt answers "The capital
 # of France is" in broken French; under this one it answers it, and 9 of 12 short factual prompts
@@ -234,7 +236,7 @@ class Generator:
                      on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
         """Decode one batch of token-id prompts; returns (the final DecodeState on host, wall seconds).
 
-        With `on_chunk`, the loop runs STREAM_STEPS iterations at a time and `on_chunk(tokens,
+        With `on_chunk`, the loop runs in chunks of about STREAM_INTERVAL_S and `on_chunk(tokens,
         lengths)` sees the committed tokens on host after the prefill and after every chunk. The
         result is the same either way: a chunk only caps the loop's iteration count.
         """
@@ -259,12 +261,17 @@ class Generator:
         if on_chunk is None:
             state = steps(self.model.params, lookahead, state, lengths, NO_STEP_LIMIT)
         else:
+            chunk = 1
             while True:
                 host_tokens, host_lengths, done = gather_to_host((state.tokens, state.lengths, state.done))
                 on_chunk(host_tokens, host_lengths)
                 if done.all():
                     break
-                state = steps(self.model.params, lookahead, state, lengths, STREAM_STEPS)
+                tick = time.perf_counter()
+                state = steps(self.model.params, lookahead, state, lengths, np.int32(chunk))
+                jax.block_until_ready(state.lengths)
+                per_step = (time.perf_counter() - tick) / chunk
+                chunk = max(1, min(4 * chunk, int(STREAM_INTERVAL_S / per_step)))  # grow at most 4x per read
         jax.block_until_ready(state.tokens)
         wall = time.perf_counter() - start
         return gather_to_host(state._replace(cache=None, key=None)), wall

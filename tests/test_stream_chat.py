@@ -2,6 +2,7 @@
 mode feeds the model its chat template around the user's text."""
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -11,6 +12,8 @@ from pass_jax import cli, loading
 from pass_jax.generate import BUNDLED_SYSTEM_PROMPT, GenerationError, Generator, TextStream, resolve_chat
 from pass_jax.sampling import GREEDY, PAPER
 
+# The module (pass_jax.generate, the attribute, is the one-call function).
+generate_lib = importlib.import_module("pass_jax.generate")
 PROMPTS = ["The capital of France is", "Write one line about 東京 with an emoji."]
 
 
@@ -29,7 +32,8 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, PAPER], ids=["greedy", "sampled"])
-def test_streamed_equals_unstreamed(smollm2, sampling):
+def test_streamed_equals_unstreamed(smollm2, sampling, monkeypatch):
+    monkeypatch.setattr(generate_lib, "STREAM_INTERVAL_S", 0.0)  # read after every iteration, however fast
     generator = Generator(smollm2, mode="pass", calls=1, draft_tree=(4, 2), num_lookahead=2, max_new_tokens=40,
                           sampling=sampling, chat=True)
     plain, plain_summary = generator.generate(PROMPTS, seed=7)
