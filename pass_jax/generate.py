@@ -30,7 +30,7 @@ STREAM_INTERVAL_S = 0.1
 NO_STEP_LIMIT = np.iinfo(np.int32).max
 # The bundled SmolLM2-135M-Instruct (Q4_1) under its template's own system prompt answers "The capital
 # of France is" in broken French; under this one it answers it, and 9 of 12 short factual prompts
-# against 7 of 12 (greedy; docs/scripts/chat_prompts.py).
+# against 7 of 12 (greedy; docs/bench/chat_prompts.py).
 BUNDLED_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
 
 
