@@ -264,6 +264,8 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_run(params, mesh, tmp_pa
         loop.train(killed, model, mesh, KilledAt(data, kill_at=6), test)
     with pytest.raises(loop.PassJaxError, match="--resume"):
         loop.train(killed, model, mesh, data, test)
+    with (killed.run_dir / "metrics.jsonl").open("a") as f:  # a kill in the middle of a write
+        f.write('{"step": 7, "split": "tra')
     loop.train(killed, model, mesh, data, test, resume=True)
 
     np.testing.assert_array_equal(np.load(killed.export_path)["lookahead"], np.load(whole.export_path)["lookahead"])

@@ -39,6 +39,7 @@ from train.corpora import CorpusError
 from train.data import PackedDataset, build_packed_dataset
 from pass_jax.sampling import SamplingConfig
 from train import diagnostic
+from train.report import parse_record
 from train.losses import (OBJECTIVES, TARGETS, cached_loss, lookahead_loss, num_valid_anchors, sample_anchors,
                           teach)
 
@@ -529,7 +530,8 @@ def restore_checkpoint(manager, state: dict, data: PackedDataset, t: TrainSectio
 
 class MetricsLog:
     """metrics.jsonl in the run dir, written by process 0. On resume, records after the restored
-    step (written before the kill, to be redone) are dropped."""
+    step (written before the kill, to be redone) are dropped, and so is a line the kill cut short
+    (not a JSON record)."""
 
     def __init__(self, path: Path, start_step: int):
         self.path = path
@@ -538,7 +540,8 @@ class MetricsLog:
             return
         kept = []
         if start_step > 0 and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+            kept = [line for line, record in map(parse_record, path.read_text().splitlines())
+                    if record is not None and record["step"] <= start_step]
         outputs.write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:

@@ -16,11 +16,22 @@ from pathlib import Path
 from pass_jax.errors import PassJaxError
 
 
+def parse_record(line: str) -> tuple[str, dict | None]:
+    """(line, its record), or (line, None) for a line that is no complete metrics record: a write
+    cut short by a kill (only the last line can be one)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line, None
+    return line, record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise PassJaxError(f"{path} not found: give a run directory written by `pass-jax train`")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # A running or killed run's last line may be cut short: it is no record yet.
+    return [record for _, record in map(parse_record, path.read_text().splitlines()) if record is not None]
 
 
 def _acceptance_panel(ax, runs: dict[str, list[dict]]) -> None:
