@@ -384,3 +384,30 @@ def test_init_starts_from_exported_vectors(params, mesh, tmp_path):
     lookahead_lib.save(tmp_path / "short.npz", exported[:1])
     with pytest.raises(loop.PassJaxError, match="hold 1 look-ahead steps"):
         loop.init_state(tiny_model(params), run_config(tmp_path, init=str(tmp_path / "short.npz")).train, mesh)
+
+
+def test_splice_keeps_the_heads_steps_and_the_tails_later_ones(params, tmp_path):
+    """train.splice: steps 1..h from the head, h+1..L from the tail (deep if either is), and [LA]_1's
+    draft is the head's own, since slot 1 sees no later slot."""
+    from train import splice
+
+    keys = jax.random.split(jax.random.key(3), 2)
+    tail = np.asarray(lookahead_lib.init_random(CONFIG, L, keys[0]))
+    head = {"embeds": np.asarray(lookahead_lib.init_random(CONFIG, 2, keys[1])),
+            "layers": np.full((CONFIG.num_layers, 2, CONFIG.hidden_size), 0.1, np.float32)}
+    lookahead_lib.save(tmp_path / "head.npz", head, {"command": "head"})
+    lookahead_lib.save(tmp_path / "tail.npz", tail, {"command": "tail"})
+    assert splice.main(["--head", str(tmp_path / "head.npz"), "--tail", str(tmp_path / "tail.npz"),
+                        "--out", str(tmp_path / "out.npz")]) == 0
+    out = lookahead_lib.load(tmp_path / "out.npz", CONFIG)
+    np.testing.assert_array_equal(out["embeds"], np.concatenate([head["embeds"], tail[2:]]))
+    np.testing.assert_array_equal(out["layers"][:, :2], head["layers"])
+    assert not np.any(out["layers"][:, 2:])
+    meta = lookahead_lib.read_metadata(tmp_path / "out.npz")
+    assert meta["num_lookahead"] == L and meta["splice"]["head_command"] == "head"
+
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, CONFIG.vocab_size, (1, SEQ_LEN)), jnp.int32)
+    anchors = jnp.asarray([[5, 17]], jnp.int32)
+    spliced_logits, _ = losses.lookahead_logits(out, params, CONFIG, tokens, anchors)
+    head_logits, _ = losses.lookahead_logits(jax.tree.map(jnp.asarray, head), params, CONFIG, tokens, anchors)
+    np.testing.assert_allclose(spliced_logits[:, :, :2], head_logits, rtol=1e-5, atol=1e-5)
