@@ -1,7 +1,9 @@
 """One jitted `lax.while_loop` for autoregressive and PaSS decoding, with static shapes.
 
-Notation follows `shared/pass-algorithm.md`. At the start of an iteration tokens[:, :n] are
-committed, the cache holds positions 0..n-2, and x_n = tokens[:, n-1] is pending.
+Notation (ARCHITECTURE.md, "Notation"): L look-ahead steps [LA]_1..[LA]_L, d_i the draft of [LA]_i
+drawn from q_i, p the target model's distribution, A the accepted drafts. At the start of an
+iteration tokens[:, :n] are committed, the cache holds positions 0..n-2, and x_n = tokens[:, n-1]
+is pending.
 
 PaSS with `calls=2` (the paper) runs two calls per iteration:
   drafting   [x_n, LA_1..LA_L] at positions n-1..n-1+L   -> d_1 ~ p, drafts from q_1..q_L
@@ -33,11 +35,11 @@ from jax import lax
 
 from . import lookahead as lookahead_lib
 from .config import LlamaConfig
+from .defaults import MODES
 from .draft_tree import DraftTree
 from .model import Cache, causal_mask, forward, gather_positions, init_cache, lm_head, write_cache
 from .sampling import SamplingConfig, draft_candidates, probabilities, sample, verify
-
-MODES = ("ar", "pass")
+from .sharding import cache_sharding
 
 
 class DecodeError(PassJaxError):
@@ -78,7 +80,8 @@ class DecodeSpec:
     max_new_tokens: int = 128
     sampling: SamplingConfig = SamplingConfig()
     eos_ids: tuple[int, ...] = ()
-    cache_sharding: Any = None  # NamedSharding for each cache array, or None
+    mesh: Any = None            # shard the KV cache over this mesh (`sharding.cache_sharding`), or None
+    cache_sharding: Any = None  # superseded by `mesh` (it depends on batch and buffer length); still accepted
     calls: int = 2              # PaSS model calls per iteration: 2 (draft, then validate) or 1 (both at once)
     draft_tree: tuple[int, ...] = ()  # candidates per look-ahead depth; () is the chain (1,) * num_lookahead
 
@@ -105,9 +108,19 @@ class DecodeSpec:
     def stat_lookahead(self) -> int:
         return self.num_lookahead if self.mode == "pass" else 0
 
+    @property
+    def overshoot(self) -> int:
+        """Cache slots a decode call may write past the budget's last token (the widest call, plus one)."""
+        return buffer_length(0, self.width)
+
     def buffer_length(self, prompt_width: int) -> int:
-        # room for the prompt, the budget, and one call written past the last committed token
-        return prompt_width + self.max_new_tokens + self.width + 1
+        return buffer_length(prompt_width + self.max_new_tokens, self.width)
+
+
+def buffer_length(tokens: int, call_width: int) -> int:
+    """KV buffer slots for `tokens` (prompt + new tokens): a decode call of `call_width` positions that
+    starts at the last committed token writes up to `call_width` + 1 slots past it."""
+    return tokens + call_width + 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,10 +173,10 @@ class DecodeState(NamedTuple):
     draft_q: jax.Array  # [B, L, V] the distributions those drafts were drawn from ([B, 0, 0] otherwise)
 
 
-def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeSpec):
+def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeSpec) -> DecodeState:
     """Append new_tokens[:, :count] per row, cut at EOS and at the budget; finished rows skip.
 
-    Returns (the state with tokens, lengths and done updated, the number of tokens each row took)."""
+    Returns the state with tokens, lengths, done and the new-token count updated."""
     width = new_tokens.shape[1]
     idx = jnp.arange(width)[None, :]
     budget_left = spec.max_new_tokens - (state.lengths - prompt_lengths)
@@ -182,7 +195,8 @@ def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeS
     tokens = jnp.where(state.done[:, None], state.tokens, tokens)
     lengths = state.lengths + n
     done = state.done | hit_eos | (lengths - prompt_lengths >= spec.max_new_tokens)
-    return state._replace(tokens=tokens, lengths=lengths, done=done), n
+    return state._replace(tokens=tokens, lengths=lengths, done=done,
+                          stats=state.stats._replace(new_tokens=state.stats.new_tokens + n))
 
 
 def _prefill_inputs(prompt_tokens, prompt_lengths, num_groups: int, length: int):
@@ -211,8 +225,9 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     batch, width = prompt_tokens.shape
     length = spec.buffer_length(width)
     cache = init_cache(spec.config, batch, length)
-    if spec.cache_sharding is not None:
-        cache = lax.with_sharding_constraint(cache, jax.tree.map(lambda _: spec.cache_sharding, cache))
+    sharding = cache_sharding(spec.config, spec.mesh, batch, length) if spec.mesh is not None else spec.cache_sharding
+    if sharding is not None:
+        cache = lax.with_sharding_constraint(cache, jax.tree.map(lambda _: sharding, cache))
     groups = spec.num_lookahead if spec.single_call else 0
     ids, positions, la_steps, mask, logits_index = _prefill_inputs(prompt_tokens, prompt_lengths, groups, length)
     extra = lookahead_lib.forward_inputs(lookahead, la_steps) if groups else {}
@@ -230,8 +245,7 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
                         jnp.zeros((batch, num_l + 1), jnp.int32), jnp.zeros((batch, num_l), jnp.int32),
                         jnp.zeros((batch, num_l), jnp.int32))
     state = DecodeState(tokens, prompt_lengths, cache, key, jnp.zeros((batch,), bool), stats, drafts, draft_q)
-    state, n = _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
-    return state._replace(stats=stats._replace(new_tokens=n))
+    return _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
 
 
 def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> DecodeState:
@@ -243,10 +257,9 @@ def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> De
     key, sub = jax.random.split(state.key)
     next_token = sample(sub, probabilities(logits[:, 0], spec.sampling))
     active = ~state.done
-    new_state, n = _commit(state._replace(cache=cache, key=key), next_token[:, None], jnp.ones_like(pending),
-                           prompt_lengths, spec)
-    return new_state._replace(stats=state.stats._replace(model_calls=state.stats.model_calls + active,
-                                                         new_tokens=state.stats.new_tokens + n))
+    state = _commit(state._replace(cache=cache, key=key), next_token[:, None], jnp.ones_like(pending),
+                    prompt_lengths, spec)
+    return state._replace(stats=state.stats._replace(model_calls=state.stats.model_calls + active))
 
 
 def _move_accepted_kv(cache: Cache, base, path, tree: DraftTree) -> Cache:
@@ -307,17 +320,16 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     active = ~state.done
     if group_size:
         state = state._replace(drafts=drafts, draft_q=draft_q)
-    new_state, n = _commit(state._replace(cache=cache, key=key), committed, end + 1, prompt_lengths, spec)
+    state = _commit(state._replace(cache=cache, key=key), committed, end + 1, prompt_lengths, spec)
     act = active[:, None].astype(jnp.int32)
     s = state.stats
-    stats = DecodeStats(
+    stats = s._replace(
         model_calls=s.model_calls + spec.calls * active,
-        new_tokens=s.new_tokens + n,
         accepted_hist=s.accepted_hist + act * jax.nn.one_hot(num_accepted, num_l + 1, dtype=jnp.int32),
         position_reached=s.position_reached + act * (jnp.arange(num_l)[None, :] <= num_accepted[:, None]),
         position_accepted=s.position_accepted + act * accepted,
     )
-    return new_state._replace(stats=stats)
+    return state._replace(stats=stats)
 
 
 def _step_fn(params, lookahead, prompt_lengths, spec: DecodeSpec):
@@ -346,7 +358,8 @@ def decode(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSp
     """The whole generation: prefill, then one `lax.while_loop` until every row is done.
 
     prompt_tokens [B, P] are right-padded to a bucket width P; prompt_lengths [B] are data, so
-    prompts of any length within a bucket reuse one compilation.
+    prompts of any length within a bucket reuse one compilation. `lookahead` (the look-ahead
+    parameters) is unused in ar mode, and may be None there.
     """
     state = prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec)
     step = _step_fn(params, lookahead, prompt_lengths, spec)

@@ -3,7 +3,7 @@
 One pure forward takes params, inputs (token ids and, per position, optional input embeddings),
 positions, an explicit attention mask and an optional KV cache; it returns logits and the new
 cache. Layers are unrolled: on XLA:CPU a `lax.scan` over layers compiles faster but runs a decode
-step about 1.7x slower (see FACTS.md), and decoding is what this project is for.
+step about 1.7x slower (ARCHITECTURE.md, "Design measurements"), and decoding is what this project is for.
 """
 from __future__ import annotations
 
@@ -204,26 +204,29 @@ def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache |
                                input_embeds, embeds_mask, logits_index, hidden_only, layer_embeds)
 
 
+def _init_inputs():
+    """The smallest call `Llama.init` traces: one token at position 0 that sees itself."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return tokens, tokens, jnp.ones((1, 1, 1), bool)
+
+
 def init_params(config: LlamaConfig, rng) -> dict[str, Any]:
     """Random parameters (unboxed), for tests and shape-only planning."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    variables = Llama(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))
-    return nn.unbox(variables["params"])
+    return nn.unbox(Llama(config).init(rng, *_init_inputs())["params"])
+
+
+def abstract_variables(config: LlamaConfig):
+    """`Llama(config).init`'s variables as shapes only (no memory, no device), boxed with their logical axes."""
+    return jax.eval_shape(lambda: Llama(config).init(jax.random.key(0), *_init_inputs()))
 
 
 def param_logical_axes(config: LlamaConfig) -> dict[str, Any]:
     """The logical axis names of every parameter, as a pytree of PartitionSpecs."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(lambda: Llama(config).init(jax.random.key(0), tokens, tokens,
-                                                         jnp.ones((1, 1, 1), bool)))
-    return nn.get_partition_spec(abstract)["params"]
+    return nn.get_partition_spec(abstract_variables(config))["params"]
 
 
 def param_shapes(config: LlamaConfig) -> dict[str, Any]:
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(lambda: Llama(config).init(jax.random.key(0), tokens, tokens,
-                                                         jnp.ones((1, 1, 1), bool)))
-    return nn.unbox(abstract["params"])
+    return nn.unbox(abstract_variables(config)["params"])
 
 
 def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> Cache:

@@ -19,7 +19,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 
 from .config import ConfigError, LlamaConfig, load_preset
 from .errors import PassJaxError
-from .sharding import MESH_AXES, cache_sharding, named_sharding, parse_mesh_shape
+from .sharding import MESH_AXES, cache_sharding, mesh_sizes, named_sharding, parse_mesh_shape
 
 GiB = 1024 ** 3
 USABLE = 0.9  # leave ~10% of device memory for the runtime, fragmentation and XLA scratch
@@ -54,14 +54,7 @@ def mesh_shape(text: str | Sequence[int] | dict) -> dict[str, int]:
         if unknown:
             raise ConfigError(f"unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}")
         return {axis: int(text.get(axis, 1)) for axis in MESH_AXES}
-    if isinstance(text, str):
-        try:
-            sizes = [int(s) for s in text.lower().split("x")]
-        except ValueError:
-            sizes = None  # parse_mesh_shape words the error
-    else:
-        sizes = list(text)
-    return parse_mesh_shape(text, num_devices=max(math.prod(sizes), 1) if sizes else 1)
+    return parse_mesh_shape(text, num_devices=max(math.prod(mesh_sizes(text)), 1))
 
 
 def mesh_text(shape: dict[str, int]) -> str:
@@ -93,10 +86,9 @@ def factorisations(num_devices: int) -> list[dict[str, int]]:
 def _model_tree(config: LlamaConfig):
     """(flat [(path, ShapeDtypeStruct, logical axes)]) from one abstract init: no memory, no device."""
     import flax.linen as nn
-    from .model import Llama
+    from .model import abstract_variables
 
-    tokens = np.zeros((1, 1), np.int32)
-    abstract = jax.eval_shape(lambda: Llama(config).init(jax.random.key(0), tokens, tokens, np.ones((1, 1, 1), bool)))
+    abstract = abstract_variables(config)
     shapes = nn.unbox(abstract["params"])
     logical = nn.get_partition_spec(abstract)["params"]
     flat_shapes = jax.tree_util.tree_leaves_with_path(shapes)
@@ -120,9 +112,10 @@ def param_shards(config: LlamaConfig, mesh) -> dict[str, dict[str, Any]]:
 
 
 def cache_length(max_len: int, num_lookahead: int) -> int:
-    """The KV buffer decoding allocates for prompt + new tokens = max_len (`DecodeSpec.buffer_length`):
-    plus one call's width (L+1 for PaSS, 1 for plain decoding) and one slot of overshoot."""
-    return max_len + (num_lookahead + 1 if num_lookahead else 1) + 1
+    """The KV buffer decoding allocates for prompt + new tokens = max_len (`DecodeSpec.buffer_length`)
+    with the paper's drafting call of L+1 positions (1 for plain decoding)."""
+    from .decoding import buffer_length
+    return buffer_length(max_len, num_lookahead + 1 if num_lookahead else 1)
 
 
 # --- the estimate ----------------------------------------------------------------------------------

@@ -36,18 +36,20 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def mesh_sizes(text: str | Sequence[int]) -> list[int]:
+    """'2x4' -> [2, 4]; a sequence of sizes passes through (checked by `parse_mesh_shape`)."""
+    if not isinstance(text, str):
+        return list(text)
+    try:
+        return [int(s) for s in text.lower().split("x")]
+    except ValueError:
+        raise ConfigError(f"mesh {text!r} is not of the form DATAxTENSOR or DATAxFSDPxTENSOR") from None
+
+
 def parse_mesh_shape(text: str | Sequence[int] | None, num_devices: int | None = None) -> dict[str, int]:
     """'2x4' -> data=2, tensor=4; '2x2x2' -> data, fsdp, tensor; None -> all devices on 'data'."""
     num_devices = num_devices or jax.device_count()
-    if text is None:
-        sizes = [num_devices]
-    elif isinstance(text, str):
-        try:
-            sizes = [int(s) for s in text.lower().split("x")]
-        except ValueError:
-            raise ConfigError(f"mesh {text!r} is not of the form DATAxTENSOR or DATAxFSDPxTENSOR") from None
-    else:
-        sizes = list(text)
+    sizes = [num_devices] if text is None else mesh_sizes(text)
     names = {1: ("data",), 2: ("data", "tensor"), 3: MESH_AXES}.get(len(sizes))
     if names is None or any(s < 1 for s in sizes):
         raise ConfigError(f"mesh {text!r} must have 1-3 positive sizes, e.g. 8, 2x4 or 2x2x2")

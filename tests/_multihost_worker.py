@@ -12,7 +12,6 @@ usage: _multihost_worker.py --out DIR --mesh 2x4 [--process-id I --num-processes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -47,7 +46,7 @@ from pass_jax.loading import LoadedModel  # noqa: E402
 from pass_jax.lookahead import init_random  # noqa: E402
 from pass_jax.model import param_shapes  # noqa: E402
 from pass_jax.sampling import GREEDY  # noqa: E402
-from pass_jax.sharding import cache_sharding, make_mesh, param_shardings  # noqa: E402
+from pass_jax.sharding import make_mesh, param_shardings  # noqa: E402
 from train.loop import TrainSection, init_state, make_train_step  # noqa: E402
 
 BATCH, WIDTH, NEW, L = 8, 16, 12, 3
@@ -75,8 +74,7 @@ train_tokens = rng.integers(0, config.vocab_size, size=(BATCH, SEQ)).astype(np.i
 rows = process_local_batch(BATCH, mesh)
 
 # (a) generation
-spec = DecodeSpec(config, mode="pass", num_lookahead=L, max_new_tokens=NEW, sampling=GREEDY, eos_ids=())
-spec = dataclasses.replace(spec, cache_sharding=cache_sharding(config, mesh, BATCH, spec.buffer_length(WIDTH)))
+spec = DecodeSpec(config, mode="pass", num_lookahead=L, max_new_tokens=NEW, sampling=GREEDY, eos_ids=(), mesh=mesh)
 lookahead = replicate(init_random(config, L, jax.random.key(1)), mesh)
 key = replicate(jax.random.key(0), mesh)
 state = decode_jit(params, lookahead, global_array_from_local(prompts[rows], mesh),
