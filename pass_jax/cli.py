@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import sys
 import time
 import traceback
-from pathlib import Path
 
+# add_overwrite_arg and check_lookahead_arg: train/cli.py still imports them from here (until `train`
+# becomes `pass_jax.train` and imports pass_jax.cli_args, as the other commands do).
+from .cli_args import (add_model_arg, add_overwrite_arg, add_sampling_args, check_lookahead_arg,  # noqa: F401
+                       enable_compilation_cache, log, read_prompts, sampling_from_args, seed_arg)
+from .defaults import DEFAULT_MODEL, MODES
 from .errors import PassJaxError
 
 # Defaults chosen by measurement (docs/BENCHMARKS.md): one call per iteration and 4 then 2 candidates
@@ -47,9 +53,15 @@ a float32 copy of the dequantized weights; later runs load both from the cache d
 
 SEPARATOR = "-" * 40
 
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+# Subcommands owned by other modules: (name, the module whose `register(subparsers)` adds it, the line
+# `pass-jax --help` shows). A module is imported only when its command runs, so the parser imports
+# neither JAX nor any command's code: `pass-jax --help` takes a fraction of a second.
+EXTRA_COMMANDS = (
+    ("train", "train.cli", "train PaSS look-ahead parameters (base model frozen)"),
+    ("bench", "pass_jax.bench.command", "benchmark PaSS against autoregressive decoding and transformers+torch"),
+    ("plan", "pass_jax.plan", "per-device memory of a run on a mesh, and the recommended mesh (no devices needed)"),
+    ("eval", "pass_jax.humaneval.command", "quality evaluations (HumanEval)"),
+)
 
 
 def _shown_prompt(prompt: str, chat: bool) -> str:
@@ -60,90 +72,13 @@ def _shown_prompt(prompt: str, chat: bool) -> str:
     return "".join(f"> {line}\n" for line in prompt.splitlines() or [""])
 
 
-def enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache under the pass-jax cache directory, unless turned off or
-    the user set JAX's own: a later run loads the compiled decode loop instead of compiling it."""
-    import jax
-    from .loading import cache_dir
-
-    if os.environ.get("PASS_JAX_COMPILATION_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
-        return
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-    # Cache every program: JAX's default skips those that compiled in under a second.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def _read_prompts(args) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.prompts:
-        path = Path(args.prompts)
-        if not path.is_file():
-            raise PassJaxError(f"prompts file {path} not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise PassJaxError(f"prompts file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise PassJaxError(f"{path}:{number}: not a JSON object") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise PassJaxError(f'{path}:{number}: each line needs a string "prompt" key')
-            prompts.append(record["prompt"])
-    if not prompts:
-        raise PassJaxError("no prompt: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
-    if any(not p.strip() for p in prompts):
-        raise PassJaxError("empty prompt: every prompt needs some text to continue")
-    return prompts
-
-
-def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8, top_k: int | None = 10) -> None:
-    group = parser.add_argument_group("sampling (applied identically to drafts and target)")
-    group.add_argument("--temperature", type=float, default=temperature,
-                       help=f"0 means greedy (default {temperature}, the paper's setting)")
-    group.add_argument("--top-k", type=int, default=top_k, help=f"keep the k most likely tokens (default {top_k})")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0: off)")
-
-
-def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace output files that exist already (default: refuse, before any work)")
-
-
-def seed_arg(text: str) -> int:
-    """argparse type of --seed: JAX keys take seeds that fit in 64 bits; 0..2**32-1 is plenty."""
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
-    if not 0 <= seed < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must be in 0..{2 ** 32 - 1}, got {seed}")
-    return seed
-
-
-def check_lookahead_arg(spec: str) -> None:
-    """Read a --lookahead PATH before loading a model, so a bad file fails in a second."""
-    from . import lookahead as lookahead_lib
-
-    if spec not in ("default", "text", "code", "none"):
-        lookahead_lib.read(spec)
-
-
-def sampling_from_args(args):
-    from .sampling import SamplingConfig
-    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-
-
 def cmd_generate(args) -> int:
     from .decoding import check_settings
-    from .generate import Generator
+    from .generate import Generator, resolve_lookahead
     from .loading import load_model
 
     # Reject bad settings before spending seconds on loading the model.
-    prompts = _read_prompts(args)
+    prompts = read_prompts(args.prompt, args.prompts)
     sampling = sampling_from_args(args)
     decode = pass_settings_from_args(args)
     check_settings(args.mode, decode["num_lookahead"], args.max_new_tokens, decode["calls"], decode["draft_tree"])
@@ -159,7 +94,7 @@ def cmd_generate(args) -> int:
     if args.mode == "pass":
         check_lookahead_arg(args.lookahead)
     enable_compilation_cache()
-    _log(f"loading {args.model} ...")
+    log(f"loading {args.model} ...")
     start = time.perf_counter()
     model = load_model(args.model)
     load_s = time.perf_counter() - start
@@ -169,19 +104,22 @@ def cmd_generate(args) -> int:
             args.mode = "ar"
         else:
             decode = chosen
-    generator = Generator(model, mode=args.mode, lookahead=args.lookahead, max_new_tokens=args.max_new_tokens,
+    vectors, source = (resolve_lookahead(model, args.lookahead, decode["num_lookahead"]) if args.mode == "pass"
+                       else (None, None))
+    generator = Generator(model, mode=args.mode, lookahead=vectors, lookahead_source=source,
+                          max_new_tokens=args.max_new_tokens,
                           sampling=sampling, batch_size=args.batch_size,
                           chat="auto" if args.chat is None else args.chat, system=args.system, **decode)
     if generator.chat:
         system = f"system prompt {generator.system!r}" if generator.system is not None else "its own system prompt"
-        _log(f"chat: each prompt is a user message in the model's chat template, with {system} "
-             "(--no-chat feeds raw text)")
+        log(f"chat: each prompt is a user message in the model's chat template, with {system} "
+            "(--no-chat feeds raw text)")
     if args.mode == "pass":
         tree = decode["draft_tree"]
         shape = f"draft tree {','.join(map(str, tree))}" if tree else f"L={decode['num_lookahead']} look-ahead steps"
-        _log(f"PaSS with {shape}, {decode['calls']} call{'s' if decode['calls'] == 2 else ''} per iteration, "
-             f"vectors: {generator.lookahead_source}")
-    _log("compiling the decode loop (once per prompt-length bucket) ...")
+        log(f"PaSS with {shape}, {decode['calls']} call{'s' if decode['calls'] == 2 else ''} per iteration, "
+            f"vectors: {generator.lookahead_source}")
+    log("compiling the decode loop (once per prompt-length bucket) ...")
     shown: list[int] = []
 
     def show(index: int, piece: str) -> None:
@@ -209,9 +147,9 @@ def cmd_generate(args) -> int:
                                       "load_s": load_s}}))
     else:
         # Tokens per model call carries across hardware; tokens/s is this machine's.
-        _log(f"{summary['new_tokens']} tokens, {summary['tokens_per_s']:.1f} tok/s, {summary['tokens_per_call']:.2f} "
-             f"tokens per model call (mean accepted drafts {summary['mean_accepted']:.2f}); load {load_s:.1f} s, "
-             f"compile {summary['compile_s']:.1f} s, generate {summary['wall_s']:.1f} s")
+        log(f"{summary['new_tokens']} tokens, {summary['tokens_per_s']:.1f} tok/s, {summary['tokens_per_call']:.2f} "
+            f"tokens per model call (mean accepted drafts {summary['mean_accepted']:.2f}); load {load_s:.1f} s, "
+            f"compile {summary['compile_s']:.1f} s, generate {summary['wall_s']:.1f} s")
     return 0
 
 
@@ -261,14 +199,14 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict
 
     path = lookahead_lib.resolve_path(lookahead, model.identity)
     metadata = lookahead_lib.read_metadata(path) if path is not None else None
-    _log("-L auto: timing one decode call per candidate shape on this backend ...")
+    log("-L auto: timing one decode call per candidate shape on this backend ...")
     best, prediction, _, _ = autotune.autotune(model, metadata, sampling.greedy, batch_size=batch_size)
     if prediction["ratio_vs_ar"] <= 1.0:
-        _log(f"-L auto: no PaSS setting is predicted to beat autoregressive decoding here (best: {best.label()}, "
-             f"{prediction['ratio_vs_ar']:.2f}x ar); decoding with --mode ar")
+        log(f"-L auto: no PaSS setting is predicted to beat autoregressive decoding here (best: {best.label()}, "
+            f"{prediction['ratio_vs_ar']:.2f}x ar); decoding with --mode ar")
         return None
-    _log(f"-L auto: {best.label()}, {prediction['tokens_per_call']:.2f} tokens per call, predicted "
-         f"{prediction['ratio_vs_ar']:.2f}x ar")
+    log(f"-L auto: {best.label()}, {prediction['tokens_per_call']:.2f} tokens per call, predicted "
+        f"{prediction['ratio_vs_ar']:.2f}x ar")
     tree = () if best.is_chain else best.draft_tree
     return {"num_lookahead": best.num_lookahead, "calls": best.calls, "draft_tree": tree}
 
@@ -277,15 +215,17 @@ def cmd_convert(args) -> int:
     from .loading import check_convert_destination, load_model, save_converted
 
     check_convert_destination(args.dst, args.overwrite)
-    _log(f"loading {args.src} ...")
+    log(f"loading {args.src} ...")
     model = load_model(args.src)
     save_converted(model, args.dst, overwrite=args.overwrite)
-    _log(f"wrote an Orbax checkpoint of {model.config.num_params():,} parameters to {args.dst}; "
-         f"load it with --model {args.dst}")
+    log(f"wrote an Orbax checkpoint of {model.config.num_params():,} parameters to {args.dst}; "
+        f"load it with --model {args.dst}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `pass-jax` parser, with `command`'s own arguments when it is one of EXTRA_COMMANDS (the
+    others are listed with their help line only)."""
     parser = argparse.ArgumentParser(
         prog="pass-jax",
         description="PaSS (Parallel Speculative Sampling) for LLaMA-family models in JAX: lossless speed-ups "
@@ -298,10 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     gen.add_argument("--prompt", action="append", help="prompt text; repeat for several prompts")
     gen.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} object per line')
-    gen.add_argument("--model", default="smollm2-135m",
-                     help="smollm2-135m (bundled, default), a .gguf file, a Hugging Face LLaMA directory, "
-                          "or a directory from `pass-jax convert`")
-    gen.add_argument("--mode", choices=("ar", "pass"), default="pass", help="pass (default) or ar: plain decoding")
+    add_model_arg(gen)
+    gen.add_argument("--mode", choices=MODES, default="pass", help="pass (default) or ar: plain decoding")
     gen.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
                      help="look-ahead vectors: default/text (shipped, trained on Wikipedia, for the bundled "
                           "model), code (shipped, trained on Python), none (untrained), or a .npz / Orbax path")
@@ -322,29 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert", help="write a checkpoint as a sharded Orbax directory for fast reload")
-    conv.add_argument("src", help="a .gguf file, a Hugging Face LLaMA directory, or smollm2-135m")
+    conv.add_argument("src", help=f"a .gguf file, a Hugging Face LLaMA directory, or {DEFAULT_MODEL}")
     conv.add_argument("dst", help="the output directory: new or empty; written whole or not at all")
     conv.add_argument("--overwrite", action="store_true",
                       help="replace DST if it is not empty (its old contents are deleted once the new checkpoint "
                            "is complete)")
     conv.set_defaults(func=cmd_convert)
 
-    for register in _extra_commands():
-        register(sub)
+    for name, module_name, help_line in EXTRA_COMMANDS:
+        if name == command:
+            importlib.import_module(module_name).register(sub)
+        elif importlib.util.find_spec(module_name) is not None:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
-def _extra_commands():
-    """Subcommands owned by other modules (training, benchmarks, planning), if present."""
-    import importlib
-    for module_name in ("train.cli", "pass_jax.bench", "pass_jax.plan", "pass_jax.humaneval"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue
-        yield module.register
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in argv: its first word that is not an option (`--debug` takes no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def maybe_initialize_distributed() -> None:
@@ -354,8 +287,8 @@ def maybe_initialize_distributed() -> None:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         maybe_initialize_distributed()
         return args.func(args)

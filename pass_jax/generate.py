@@ -6,7 +6,9 @@ Python-side state lives only here and in the CLI; `decoding` stays pure.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
+import types
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -20,7 +22,6 @@ from .distributed import gather_to_host, global_array_from_local, process_local_
 from .errors import PassJaxError
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
 from .sampling import SamplingConfig
-from .sharding import cache_sharding
 
 MIN_BUCKET = 16
 # A streamed decode is read back about this often (0: after every iteration). A read costs a
@@ -95,6 +96,12 @@ class TextStream:
         return rest
 
 
+def resolve_lookahead(model: LoadedModel, spec: str | None, num_lookahead: int, domain: str = "text"):
+    """`--lookahead {default,text,code,none,PATH}` for this model -> (parameters cut to L, a description);
+    `default` is the shipped vectors of `domain` for the bundled model (see `lookahead.resolve`)."""
+    return lookahead_lib.resolve(spec, model.params, model.config, num_lookahead, model.identity, domain=domain)
+
+
 def bucket_width(length: int, max_len: int) -> int:
     """Pad prompts to a power of two (at least MIN_BUCKET) so new lengths rarely recompile."""
     width = MIN_BUCKET
@@ -149,12 +156,18 @@ class Generator:
     `system` message: by default BUNDLED_SYSTEM_PROMPT for the bundled model, the template's own for
     others) and generates the assistant's answer; "auto" does so when the tokenizer has a template.
     The default False feeds the prompt as raw text to continue.
+
+    lookahead: PaSS's look-ahead parameters (vectors [L', d_emb] or deep ones, L' >= num_lookahead;
+    cut to num_lookahead), described in reports as `lookahead_source`; None means the model's default
+    (`lookahead.resolve("default")`: the shipped text vectors for the bundled model, else untrained).
+    A name or path (`--lookahead text|code|none|PATH`) is resolved by the caller with
+    `lookahead.resolve` (or `resolve_lookahead`), which also picks the shipped vectors of a domain.
     """
 
     def __init__(self, model: LoadedModel, *, mode: str = "pass", num_lookahead: int = 4,
-                 lookahead: str | Any = "default", max_new_tokens: int = 128,
+                 lookahead: Any = None, lookahead_source: str | None = None, max_new_tokens: int = 128,
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None,
-                 domain: str = "text", stop_ids: Sequence[int] = (), calls: int = 2,
+                 stop_ids: Sequence[int] = (), calls: int = 2,
                  draft_tree: Sequence[int] = (), chat: bool | str = False, system: str | None = None):
         if batch_size < 1:
             raise GenerationError(f"batch size must be >= 1, got {batch_size}")
@@ -171,17 +184,18 @@ class Generator:
         # A row ends at EOS or at any of `stop_ids` (kept, like EOS, as its last token).
         stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())))
         self.spec = DecodeSpec(model.config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new_tokens,
-                               sampling=sampling, eos_ids=stops, calls=calls, draft_tree=tuple(draft_tree))
-        if mode == "pass":
-            if isinstance(lookahead, (str, type(None))):
-                self.lookahead, self.lookahead_source = lookahead_lib.resolve(
-                    lookahead, model.params, model.config, num_lookahead, model.identity, domain=domain)
-            else:
-                self.lookahead = lookahead_lib.check(jnp.asarray(lookahead), model.config, num_lookahead)[:num_lookahead]
-                self.lookahead_source = "given"
+                               sampling=sampling, eos_ids=stops, calls=calls, draft_tree=tuple(draft_tree), mesh=mesh)
+        if mode != "pass":  # plain decoding takes no look-ahead parameters
+            self.lookahead, self.lookahead_source = None, "unused (autoregressive)"
+        elif lookahead is None:
+            self.lookahead, self.lookahead_source = resolve_lookahead(model, "default", num_lookahead)
+        elif isinstance(lookahead, str):
+            raise GenerationError(f"lookahead={lookahead!r}: Generator takes look-ahead parameters; resolve a name "
+                                  "or path with pass_jax.generate.resolve_lookahead(model, spec, num_lookahead)")
         else:
-            self.lookahead = jnp.zeros((1, model.config.hidden_size), model.config.jnp_param_dtype)
-            self.lookahead_source = "unused (autoregressive)"
+            self.lookahead = lookahead_lib.prepare(jax.tree.map(jnp.asarray, lookahead), model.config, num_lookahead,
+                                                   "look-ahead vectors")
+            self.lookahead_source = lookahead_source or "given"
         self._compiled: dict[tuple[int, int], Any] = {}
         self.compile_s = 0.0
 
@@ -193,7 +207,7 @@ class Generator:
         else:
             ids = list(self.model.tokenizer(prompt)["input_ids"])
         limit, budget = self.model.config.max_seq_len, self.spec.max_new_tokens
-        margin = self.spec.width + 1  # the widest decode call may write past the budget's last token
+        margin = self.spec.overshoot  # the widest decode call may write past the budget's last token
         if len(ids) + budget + margin > limit:
             raise GenerationError(
                 f"prompt of {len(ids)} tokens + max_new_tokens={budget} + {margin} positions that a decode call "
@@ -217,20 +231,13 @@ class Generator:
         key = (batch, width)
         if key not in self._compiled:
             start = time.perf_counter()
-            spec = self._spec_for(batch, width)
-            prefill = prefill_jit.lower(*args, spec=spec).compile()
+            prefill = prefill_jit.lower(*args, spec=self.spec).compile()
             params, lookahead, _, lengths, _ = args
             steps = decode_steps_jit.lower(params, lookahead, prefill.out_info, lengths, np.int32(0),
-                                           spec=spec).compile()
+                                           spec=self.spec).compile()
             self._compiled[key] = prefill, steps
             self.compile_s += time.perf_counter() - start
         return self._compiled[key]
-
-    def _spec_for(self, batch: int, width: int) -> DecodeSpec:
-        if self.mesh is None:
-            return self.spec
-        length = self.spec.buffer_length(width)
-        return dataclasses.replace(self.spec, cache_sharding=cache_sharding(self.model.config, self.mesh, batch, length))
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seed: int = 0,
                      on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
@@ -321,9 +328,24 @@ class Generator:
 def generate(prompts: str | Iterable[str], model: str | LoadedModel = DEFAULT_MODEL, *, seed: int = 0,
              **settings) -> list[GenerationResult]:
     """One-call API: `generate("Once upon a time", mode="pass", num_lookahead=4)`; `chat="auto"` asks an
-    instruct model in its chat template. Settings are `Generator`'s."""
+    instruct model in its chat template. Settings are `Generator`'s, and `lookahead` may also be a
+    `--lookahead` name or path."""
     if isinstance(prompts, str):
         prompts = [prompts]
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if settings.get("mode", "pass") == "pass" and isinstance(settings.get("lookahead"), str):  # a --lookahead name or path, resolved here at the edge
+        settings["lookahead"], settings["lookahead_source"] = resolve_lookahead(
+            loaded, settings["lookahead"], settings.get("num_lookahead", 4))
     results, _ = Generator(loaded, **settings).generate(list(prompts), seed=seed)
     return results
+
+
+class _CallableModule(types.ModuleType):
+    """`pass_jax.generate` is this module (so `pass_jax.generate.Generator` and patching its names work)
+    and, called, the one-call API: `pass_jax.generate("Once upon a time")` is `generate(...)` above."""
+
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

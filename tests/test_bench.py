@@ -6,7 +6,7 @@ import jax
 
 import pytest
 
-from pass_jax import bench
+from pass_jax import bench, loading
 from pass_jax.bench import AR, HF_GREEDY, HF_LOOKUP, HF_SAMPLE, PASS, BenchSettings
 from pass_jax.cli import main
 from pass_jax.sampling import SamplingConfig
@@ -97,7 +97,7 @@ def test_plots_are_written(report, tmp_path):
 
 def test_cli_without_transformers(hf_dir, tmp_path, monkeypatch, capsys):
     """The whole command without the torch extra: transformers rows skipped with a note, JSON and plots written."""
-    monkeypatch.setattr(bench, "transformers_unavailable_reason", lambda: "torch is not installed (simulated)")
+    monkeypatch.setattr(bench.run, "transformers_unavailable_reason", lambda: "torch is not installed (simulated)")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS["text"]))
     out = tmp_path / "bench.json"
@@ -127,7 +127,7 @@ def test_cli_without_transformers(hf_dir, tmp_path, monkeypatch, capsys):
     (["--prompts", "missing.jsonl"], "not found"),
 ])
 def test_bad_input_is_one_line_error_before_loading(argv, message, capsys, monkeypatch):
-    monkeypatch.setattr(bench, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -172,7 +172,7 @@ def test_call_costs_predict_pass_from_its_acceptance(report):
     for row in report["runs"]:
         if row["method"] == PASS:
             shapes = Setting(row["calls"], tuple(row["draft_tree"])).call_shapes()
-            cost = sum(costs["relative"][bench._cost_key(shape)] for shape in shapes)
+            cost = sum(costs["relative"][bench.cost_key(shape)] for shape in shapes)
             assert row["predicted_ratio_vs_ar"] == pytest.approx(row["tokens_per_call"] * row["calls"] / cost)
             assert row["predicted_ratio_equal_call_cost"] == row["tokens_per_call"]
         else:

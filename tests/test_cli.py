@@ -95,3 +95,19 @@ def test_help_teaches(capsys):
     for option in ("--prompt", "--prompts", "--mode", "--num-lookahead", "--lookahead", "--max-new-tokens",
                    "--temperature", "--top-k", "--top-p", "--seed", "--batch-size", "--model", "--json", "examples:"):
         assert option in out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["bench", "--help"],
+                                  ["eval", "humaneval", "--help"]])
+def test_help_imports_no_jax(argv):
+    """The parser stays fast: `pass-jax --help` (and a command's) imports neither JAX nor other commands' code."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pass_jax import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('pass_jax.bench.', 'train.loop'))))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    imported = done.stdout.strip().splitlines()[-1]
+    expected = "['pass_jax.bench.command']" if argv[0] == "bench" else "[]"
+    assert imported == expected, done.stdout

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pass_jax import humaneval as he
+from pass_jax import loading
 from pass_jax.cli import main
 
 TIMEOUT = 30.0  # generous: a loaded 2-core machine can take seconds to start an interpreter
@@ -105,8 +106,8 @@ def test_cli_end_to_end_with_stub_generation(tmp_path, monkeypatch, capsys):
         summary = {"tokens_per_s": 1.0, "tokens_per_call": 1.0}
         return [[body(p)] * settings.num_samples for p in problems], summary
 
-    monkeypatch.setattr(he, "sample_completions", fake_sample)
-    monkeypatch.setattr(he, "load_model", lambda name: object())
+    monkeypatch.setattr(he.evaluation, "sample_completions", fake_sample)
+    monkeypatch.setattr(loading, "load_model", lambda name: object())
     out = tmp_path / "humaneval.json"
     assert main(["eval", "humaneval", "--limit", "3", "--num-samples", "2", "--k", "1,2", "--timeout", str(TIMEOUT),
                  "--json", str(out)]) == 0
@@ -129,7 +130,7 @@ def test_cli_end_to_end_with_stub_generation(tmp_path, monkeypatch, capsys):
     (["--num-lookahead", "0"], "at least one look-ahead step"),
 ])
 def test_bad_input_is_one_line_error(argv, message, capsys, monkeypatch):
-    monkeypatch.setattr(he, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
     assert main(["eval", "humaneval", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -12,7 +12,7 @@ import argparse
 import json
 
 from pass_jax.bench import corpus_prompts
-from pass_jax.generate import Generator
+from pass_jax.generate import Generator, resolve_lookahead
 from pass_jax.loading import load_model
 from pass_jax.sampling import GREEDY, PAPER
 
@@ -37,7 +37,8 @@ def main() -> None:
         prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
         for name in args.sampling:
             for variant in args.variant:
-                generator = Generator(model, mode="pass", lookahead="default", domain=domain,
+                vectors, source = resolve_lookahead(model, "default", variant["num_lookahead"], domain=domain)
+                generator = Generator(model, mode="pass", lookahead=vectors, lookahead_source=source,
                                       max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
                                       sampling=PAPER if name == "paper" else GREEDY, **variant)
                 _, summary = generator.generate(prompts, seed=0)

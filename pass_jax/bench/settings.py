@@ -1,0 +1,61 @@
+"""What a benchmark run compares: the method names of its rows and `BenchSettings`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..autotune import Setting
+from ..decoding import check_settings
+from ..errors import PassJaxError
+from ..sampling import PAPER, SamplingConfig
+
+# The `method` of a report row.
+AR = "pass-jax-ar"
+PASS = "pass-jax-pass"
+HF_GREEDY = "transformers-greedy"
+HF_SAMPLE = "transformers-sample"
+HF_LOOKUP = "transformers-prompt-lookup"
+
+
+class BenchError(PassJaxError):
+    """Benchmark settings or prompts that cannot run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """Everything a benchmark run needs besides the model and the prompts."""
+
+    num_lookahead: tuple[int, ...] = (1, 2, 4, 6)
+    calls: tuple[int, ...] = (2, 1)  # PaSS calls per iteration to compare (--calls)
+    draft_trees: tuple[tuple[int, ...], ...] = ((3, 1, 1), (4, 2, 1))  # trees beside the chains of each L
+    auto: bool = True  # add the row `-L auto` picks (when the vectors carry acceptance metadata)
+    max_new_tokens: int = 128
+    sampling: SamplingConfig = PAPER  # top-k 10, temperature 0.8, as in the paper
+    batch_size: int = 1
+    rounds: int = 3
+    lookahead: str = "default"
+    seed: int = 0
+    transformers: bool = True
+    prompt_lookup_num_tokens: int = 10
+    roofline: bool = True  # measure bandwidth after the runs and relate the AR step to it
+    call_costs: bool = True  # time one decode call per width, to predict PaSS from its acceptance
+
+    def __post_init__(self):
+        if not self.num_lookahead:
+            raise BenchError("--num-lookahead needs at least one value")
+        for setting in self.pass_settings():
+            check_settings("pass", setting.num_lookahead, self.max_new_tokens, setting.calls, setting.draft_tree)
+        if self.rounds < 1:
+            raise BenchError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.batch_size < 1:
+            raise BenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    def pass_settings(self) -> list[Setting]:
+        """The PaSS rows: a chain of each L and each tree, with each number of calls."""
+        shapes = [(1,) * value for value in self.num_lookahead] + [tuple(t) for t in self.draft_trees]
+        return [Setting(calls, shape) for shape in shapes for calls in self.calls]
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["num_lookahead"] = list(self.num_lookahead)
+        return values

@@ -1,0 +1,117 @@
+"""Arguments and helpers that several `pass-jax` commands share (generate, bench, eval humaneval, train).
+
+The commands import this module; nothing imports the CLI (`pass_jax.cli`, which only builds the
+parser and runs a command). Importing this module imports no JAX: the parser stays fast, and
+every helper that needs the model stack imports it when called.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .defaults import DEFAULT_MODEL, cache_dir
+from .errors import PassJaxError
+
+LOOKAHEAD_NAMES = ("default", "text", "code", "none")  # --lookahead values that are not paths
+
+
+def log(message: str) -> None:
+    """A progress or note line on stderr (stdout carries the command's results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_model_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{DEFAULT_MODEL} (bundled, default), a .gguf file, a Hugging Face LLaMA directory, "
+                             f"or a directory from `pass-jax convert`{note}")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8, top_k: int | None = 10) -> None:
+    group = parser.add_argument_group("sampling (applied identically to drafts and target)")
+    group.add_argument("--temperature", type=float, default=temperature,
+                       help=f"0 means greedy (default {temperature}, the paper's setting)")
+    group.add_argument("--top-k", type=int, default=top_k, help=f"keep the k most likely tokens (default {top_k})")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0: off)")
+
+
+def sampling_from_args(args):
+    from .sampling import SamplingConfig
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist already (default: refuse, before any work)")
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: JAX keys take seeds that fit in 64 bits; 0..2**32-1 is plenty."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
+    if not 0 <= seed < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be in 0..{2 ** 32 - 1}, got {seed}")
+    return seed
+
+
+def parse_int_list(text: str, option: str) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4), sorted, without repeats, all >= 1."""
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise PassJaxError(f"{option} takes a comma list of integers such as 1,2,4, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise PassJaxError(f"{option} values must be >= 1, got {text!r}")
+    return tuple(values)
+
+
+def check_lookahead_arg(spec: str) -> None:
+    """Read a --lookahead PATH before loading a model, so a bad file fails in a second."""
+    from . import lookahead as lookahead_lib
+
+    if spec not in LOOKAHEAD_NAMES:
+        lookahead_lib.read(spec)
+
+
+def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str]:
+    """--prompt TEXT (repeatable) then the prompts of --prompts FILE.jsonl (one {"prompt": ...} a line)."""
+    prompts = list(prompt or [])
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise PassJaxError(f"prompts file {path} not found")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise PassJaxError(f"prompts file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise PassJaxError(f"{path}:{number}: not a JSON object") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise PassJaxError(f'{path}:{number}: each line needs a string "prompt" key')
+            prompts.append(record["prompt"])
+    if not prompts:
+        raise PassJaxError("no prompt: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    if any(not p.strip() for p in prompts):
+        raise PassJaxError("empty prompt: every prompt needs some text to continue")
+    return prompts
+
+
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache under the pass-jax cache directory, unless turned off or
+    the user set JAX's own: a later run loads the compiled decode loop instead of compiling it."""
+    import jax
+
+    if os.environ.get("PASS_JAX_COMPILATION_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    # Cache every program: JAX's default skips those that compiled in under a second.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
