@@ -1,8 +1,10 @@
 """Run by tests/test_sharding.py in a subprocess with 8 forced host CPU devices.
 
 For each mesh given on the command line: shard a small LLaMA, run the jitted forward and a greedy
-decode, compare with the unsharded single-device result, and check the shardings. Prints one JSON
-line: {mesh: {"ok": bool, "error": traceback or None, ...facts}}.
+decode, compare with the unsharded single-device result, and check the shardings. On the 2x4 mesh,
+also greedy PaSS (two calls, and one call with a tree) with look-ahead vectors trained
+to be accepted (tests/_chain_lm.py), against the same decode on one device. Prints one JSON line:
+{mesh: {"ok": bool, "error": traceback or None, ...facts}}.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
+from _chain_lm import chain_corpus, train_chain_lm  # noqa: E402
 from pass_jax.config import load_preset  # noqa: E402
 from pass_jax.decoding import DecodeSpec, decode_jit  # noqa: E402
 from pass_jax.model import causal_mask, forward, init_params  # noqa: E402
@@ -33,12 +36,39 @@ CONFIG = load_preset("tiny").replace(hidden_size=128, num_heads=8, num_kv_heads=
 
 forward_jit = jax.jit(forward, static_argnums=1)
 
+# PaSS: the same dims with a 16-token chain (16 splits over the tensor axis), greedy, 16 new tokens
+PASS_CONFIG = CONFIG.replace(vocab_size=16)
+PASS_VARIANTS = {"calls2": dict(num_lookahead=3, calls=2), "calls1-tree": dict(num_lookahead=2, calls=1, draft_tree=(2, 2))}
+PASS_NEW = 16
+PASS_MESH = "2x4"  # tensor and data axes both split; one mesh only, as each sharded decode compiles for seconds
+
+
+def pass_spec(variant, c_sharding=None):
+    return DecodeSpec(PASS_CONFIG, mode="pass", max_new_tokens=PASS_NEW, sampling=GREEDY, eos_ids=(),
+                      cache_sharding=c_sharding, **PASS_VARIANTS[variant])
+
 
 def spec_text(sharding) -> str:
     return str(tuple(sharding.spec))
 
 
-def run_mesh(name, params, inputs, reference):
+def run_pass(mesh, place, chain, pass_reference):
+    """Greedy PaSS on the mesh == on one device, token for token; returns the accepted histograms."""
+    params, vectors, tokens, prompt_lengths = chain
+    sharded = shard_params(params, PASS_CONFIG, mesh)
+    hists = {}
+    for variant, (ref_tokens, ref_lengths) in pass_reference.items():
+        base = pass_spec(variant)
+        spec = pass_spec(variant, cache_sharding(PASS_CONFIG, mesh, BATCH, base.buffer_length(WIDTH)))
+        state = decode_jit(sharded, vectors[:spec.num_lookahead], place(tokens), place(prompt_lengths),
+                           jax.random.key(0), spec)
+        np.testing.assert_array_equal(np.asarray(state.lengths), ref_lengths)
+        np.testing.assert_array_equal(np.asarray(state.tokens), ref_tokens)
+        hists[variant] = np.asarray(state.stats.accepted_hist).sum(0).tolist()
+    return hists
+
+
+def run_mesh(name, params, inputs, reference, chain, pass_reference):
     tokens, positions, mask, prompt_lengths = inputs
     ref_logits, ref_tokens, ref_lengths = reference
     mesh = make_mesh(name)
@@ -82,6 +112,8 @@ def run_mesh(name, params, inputs, reference):
             assert isinstance(sh, NamedSharding) and sh.mesh == mesh, sh
             assert sh.is_equivalent_to(c_sharding, layer[kv].ndim), (sh, c_sharding)
     assert isinstance(state.tokens.sharding, NamedSharding) and state.tokens.sharding.mesh == mesh
+    if name == PASS_MESH:
+        facts["pass_accepted_hist"] = run_pass(mesh, place, chain, pass_reference)
     return facts
 
 
@@ -99,11 +131,20 @@ def main(meshes):
     ref_state = decode_jit(params, None, tokens, prompt_lengths, jax.random.key(0), ref_spec)
     reference = (ref_logits, np.asarray(ref_state.tokens), np.asarray(ref_state.lengths))
     assert (reference[2] == prompt_lengths + NEW).all()
+    # PaSS: a trained chain model, ragged walks of the chain as prompts, one-device reference decodes
+    chain_params, vectors = train_chain_lm(PASS_CONFIG, 3, eps=0.1)
+    chain_tokens = np.asarray(chain_corpus(jax.random.key(1), PASS_CONFIG.vocab_size, 0.1, BATCH, WIDTH))
+    chain = (chain_params, vectors, chain_tokens, prompt_lengths)
+    pass_reference = {}
+    for variant, settings in PASS_VARIANTS.items():
+        state = decode_jit(chain_params, vectors[:settings["num_lookahead"]], chain_tokens, prompt_lengths,
+                           jax.random.key(0), pass_spec(variant))
+        pass_reference[variant] = (np.asarray(state.tokens), np.asarray(state.lengths))
     results = {}
     for name in meshes:
         try:
             results[name] = {"ok": True, "error": None, **run_mesh(name, params, (tokens, positions, mask, prompt_lengths),
-                                                                 reference)}
+                                                                 reference, chain, pass_reference)}
         except Exception:  # reported per mesh to the test
             results[name] = {"ok": False, "error": traceback.format_exc()}
     print(json.dumps(results))

@@ -112,6 +112,10 @@ def test_sharded_forward_and_decode_match_single_device(worker_results, mesh):
     if data > 1:
         assert result["prompt_spec"] == "('data', None)"
     # the decode cache keeps the requested sharding: KV heads split only where the tensor axis divides 4
+    if mesh == "2x4":  # greedy PaSS sharded == one device (checked in the worker), with drafts really accepted
+        hists = result["pass_accepted_hist"]  # measured: calls2 [0, 0, 7, 22], calls1-tree [0, 0, 40] (A = 0..L)
+        print(mesh, "PaSS accepted_hist", hists)
+        assert set(hists) == {"calls2", "calls1-tree"} and all(sum(h[2:]) >= 1 for h in hists.values()), hists
     kv_axis = "'tensor'" if tensor in (2, 4) else "None"
     batch_axis = "'data'" if data > 1 else "None"
     assert result["cache_spec_requested"] == f"({batch_axis}, None, {kv_axis}, None)"
