@@ -10,10 +10,8 @@ import sys
 import time
 import traceback
 
-# add_overwrite_arg and check_lookahead_arg: train/cli.py still imports them from here (until `train`
-# becomes `pass_jax.train` and imports pass_jax.cli_args, as the other commands do).
-from .cli_args import (add_model_arg, add_overwrite_arg, add_sampling_args, check_lookahead_arg,  # noqa: F401
-                       enable_compilation_cache, log, read_prompts, sampling_from_args, seed_arg)
+from .cli_args import (add_model_arg, add_sampling_args, check_lookahead_arg, enable_compilation_cache, log,
+                       read_prompts, sampling_from_args, seed_arg)
 from .defaults import DEFAULT_MODEL, MODES
 from .errors import PassJaxError
 
@@ -57,7 +55,7 @@ SEPARATOR = "-" * 40
 # `pass-jax --help` shows). A module is imported only when its command runs, so the parser imports
 # neither JAX nor any command's code: `pass-jax --help` takes a fraction of a second.
 EXTRA_COMMANDS = (
-    ("train", "train.cli", "train PaSS look-ahead parameters (base model frozen)"),
+    ("train", "pass_jax.train.cli", "train PaSS look-ahead parameters (base model frozen)"),
     ("bench", "pass_jax.bench.command", "benchmark PaSS against autoregressive decoding and transformers+torch"),
     ("plan", "pass_jax.plan", "per-device memory of a run on a mesh, and the recommended mesh (no devices needed)"),
     ("eval", "pass_jax.humaneval.command", "quality evaluations (HumanEval)"),

@@ -4,13 +4,15 @@ from __future__ import annotations
 from .errors import PassJaxError
 
 import dataclasses
+import importlib.resources
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The checkout's configs/, installed as the package data pass_jax.configs (editable or not).
+CONFIGS_DIR = Path(str(importlib.resources.files("pass_jax.configs")))
 _DTYPES = ("float32", "bfloat16", "float16")
 
 

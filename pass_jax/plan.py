@@ -30,7 +30,7 @@ DEVICES: tuple[tuple[str, int], ...] = (  # memory per chip / GPU
     ("A100-80GB", 80 * GiB),
     ("H100-80GB", 80 * GiB),
 )
-LOOKAHEAD_TRAIN_DTYPE = np.dtype(np.float32)  # train.loop keeps the vectors in float32
+LOOKAHEAD_TRAIN_DTYPE = np.dtype(np.float32)  # pass_jax.train.loop keeps the vectors in float32
 
 RULE_HELP = """\
 The recommended mesh: among all factorisations of the device count into data x fsdp x tensor

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from pass_jax.model import param_shapes
-from train.losses import group_layout, lookahead_logits, sample_anchors
+from pass_jax.train.losses import group_layout, lookahead_logits, sample_anchors
 
 JUMP = 2  # the rare step. Even: with an odd one a token's parity is fixed by its position, so q of another
 # depth never overlaps p, and a rule that mixes up depths would go unseen

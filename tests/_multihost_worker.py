@@ -2,7 +2,7 @@
 single-process reference (8 devices). Both build the same global 8-device mesh.
 
 (a) greedy PaSS generation of a batch of 8 sharded over `data`, with a sharded KV cache;
-(b) one jitted training step of the look-ahead vectors (`train.loop.make_train_step`: many-anchor
+(b) one jitted training step of the look-ahead vectors (`pass_jax.train.loop.make_train_step`: many-anchor
     CE loss, clip + AdamW), the batch sharded over `data`.
 Results are gathered to the host with `pass_jax.distributed.gather_to_host`; process 0 writes
 `result.npz` and `facts.json` into --out.
@@ -47,7 +47,7 @@ from pass_jax.lookahead import init_random  # noqa: E402
 from pass_jax.model import param_shapes  # noqa: E402
 from pass_jax.sampling import GREEDY  # noqa: E402
 from pass_jax.sharding import make_mesh, param_shardings  # noqa: E402
-from train.loop import TrainSection, init_state, make_train_step  # noqa: E402
+from pass_jax.train.loop import TrainSection, init_state, make_train_step  # noqa: E402
 
 BATCH, WIDTH, NEW, L = 8, 16, 12, 3
 SEQ = 32

@@ -134,7 +134,7 @@ def test_bad_input_is_one_line_error_before_loading(argv, message, capsys, monke
 
 
 def test_prefix_prompts_fit_the_token_budget(sp_tokenizer, monkeypatch):
-    from train import data
+    from pass_jax.train import data
 
     docs = [{"id": "short", "text": "the fox"},
             {"id": "long", "text": " ".join(["parallel speculative sampling drafts tokens"] * 20)}]

@@ -127,7 +127,7 @@ def test_bad_input_gives_one_error_line(name, argv, message, loads, bad, smollm2
 
     monkeypatch.setattr("pass_jax.loading.load_model", load)  # every command loads through it
     if not loads:
-        monkeypatch.setattr("train.loop.load_base_model", load)
+        monkeypatch.setattr("pass_jax.train.loop.load_base_model", load)
     try:
         code = cli.main([word.replace("{bad}", str(bad)) for word in argv])
     except SystemExit as exit_:  # argparse's own errors

@@ -1,4 +1,4 @@
-"""Tests for the look-ahead training data pipeline (train.corpora, train.data)."""
+"""Tests for the look-ahead training data pipeline (pass_jax.train.corpora, pass_jax.train.data)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import corpora, data
-from train.corpora import CorpusError, Document
+from pass_jax.train import corpora, data
+from pass_jax.train.corpora import CorpusError, Document
 
 
 class ByteTokenizer:

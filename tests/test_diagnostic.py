@@ -1,4 +1,4 @@
-"""The ceiling diagnostic (train.diagnostic) against brute force on the tiny random model: full
+"""The ceiling diagnostic (pass_jax.train.diagnostic) against brute force on the tiny random model: full
 forwards without a cache, dense distributions, every continuation enumerated."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pass_jax import lookahead as lookahead_lib
 from pass_jax.draft_tree import DraftTree
 from pass_jax.model import forward
 from pass_jax.sampling import SamplingConfig, probabilities, sample, verify
-from train import diagnostic
+from pass_jax.train import diagnostic
 
 L = 3
 T = 20

@@ -1,7 +1,7 @@
 """Two processes on loopback (4 CPU devices each) give the same results as one process with 8.
 
 `tests/_multihost_worker.py` runs (a) greedy PaSS generation of a batch of 8 sharded over `data`
-and (b) one training step of the look-ahead vectors (train.loop's jitted step). The reference and
+and (b) one training step of the look-ahead vectors (pass_jax.train.loop's jitted step). The reference and
 the two workers run side by side; any failure or the deadline kills every child.
 """
 from __future__ import annotations

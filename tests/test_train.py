@@ -1,4 +1,4 @@
-"""Tests for look-ahead training (train.losses, train.loop, train.cli) on the tiny random model."""
+"""Tests for look-ahead training (pass_jax.train.losses, pass_jax.train.loop, pass_jax.train.cli) on the tiny random model."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,8 @@ from pass_jax.loading import LoadedModel
 from pass_jax.model import forward, init_params
 from pass_jax.sampling import SamplingConfig, probabilities
 from pass_jax.sharding import make_mesh
-from train import loop, losses
-from train.data import PackedDataset
+from pass_jax.train import loop, losses
+from pass_jax.train.data import PackedDataset
 
 CONFIG = load_preset("tiny")
 L = 4
@@ -286,7 +286,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tmp_path):
     for i in range(8):
         (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * 30)
     env = {**os.environ, "PASS_JAX_CACHE": str(tmp_path / "cache")}
-    common = [sys.executable, "-m", "train", "--config", "tiny_overfit", f"data.source={corpus}",
+    common = [sys.executable, "-m", "pass_jax.train", "--config", "tiny_overfit", f"data.source={corpus}",
               "data.max_documents=null", "train.kind=deep", "train.targets=self", "train.loss=kl", "train.steps=200",
               "train.checkpoint_every=10", "train.eval_every=1000", "train.eval_batches=1", "train.eval_sequences=0",
               "train.eval_anchors_per_seq=0"]
@@ -387,9 +387,9 @@ def test_init_starts_from_exported_vectors(params, mesh, tmp_path):
 
 
 def test_splice_keeps_the_heads_steps_and_the_tails_later_ones(params, tmp_path):
-    """train.splice: steps 1..h from the head, h+1..L from the tail (deep if either is), and [LA]_1's
+    """pass_jax.train.splice: steps 1..h from the head, h+1..L from the tail (deep if either is), and [LA]_1's
     draft is the head's own, since slot 1 sees no later slot."""
-    from train import splice
+    from pass_jax.train import splice
 
     keys = jax.random.split(jax.random.key(3), 2)
     tail = np.asarray(lookahead_lib.init_random(CONFIG, L, keys[0]))

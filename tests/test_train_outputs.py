@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pass_jax.cli import main
-from train import loop
+from pass_jax.train import loop
 from test_outputs import kill_when_paused
 
 FAST = ["train.eval_batches=1", "train.eval_sequences=0", "train.eval_anchors_per_seq=0"]
@@ -76,8 +76,8 @@ def test_divergence_stops_training_before_a_checkpoint_or_export(corpus, tmp_pat
 
 def test_killed_while_exporting_then_resumed(corpus, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    argv = train_argv(corpus, run_dir)[1:]  # `python -m train` takes the arguments after `train`
-    kill_when_paused(argv, run_dir / "lookahead.npz", command=[sys.executable, "-m", "train"])
+    argv = train_argv(corpus, run_dir)[1:]  # `python -m pass_jax.train` takes the arguments after `train`
+    kill_when_paused(argv, run_dir / "lookahead.npz", command=[sys.executable, "-m", "pass_jax.train"])
     assert not (run_dir / "lookahead.npz").exists() and (run_dir / "checkpoints" / "2").is_dir()
     assert main(train_argv(corpus, run_dir, "--resume")) == 0
     with np.load(run_dir / "lookahead.npz") as exported:

@@ -1,4 +1,4 @@
-"""`python -m train ...` is `pass-jax train ...`."""
+"""`python -m pass_jax.train ...` is `pass-jax train ...`."""
 import sys
 
 from pass_jax.cli import main

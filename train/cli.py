@@ -8,6 +8,8 @@ import json
 import shlex
 import sys
 
+from pass_jax.cli_args import add_overwrite_arg, check_lookahead_arg
+
 EPILOG = """config keys (override any with KEY=VALUE; values are JSON, else strings):
   model.source   smollm2-135m (bundled) | FILE.gguf | HF or `pass-jax convert` dir | random
   model.preset   model preset whose shapes the model must have (smollm2_135m, llama1_7b, tiny)
@@ -89,8 +91,6 @@ class _OptionalSubcommand(argparse._SubParsersAction):
 
 def register(subparsers) -> None:
     """Add the `train` subcommand (and `train eval`) to the `pass-jax` parser."""
-    from pass_jax.cli import add_overwrite_arg
-
     parser = subparsers.add_parser(
         "train", help="train PaSS look-ahead parameters (base model frozen)", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -135,7 +135,7 @@ def command_line(args, *words: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from train.loop import load_run_config, run
+    from .loop import load_run_config, run
 
     if not args.config:
         args.parser.error("the following arguments are required: --config")
@@ -152,11 +152,10 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from pass_jax import lookahead as lookahead_lib
     from pass_jax import outputs
-    from pass_jax.cli import check_lookahead_arg
     from pass_jax.errors import PassJaxError
     from pass_jax.sharding import make_mesh
-    from train import diagnostic
-    from train.loop import load_base_model, load_run_config, load_split
+    from . import diagnostic
+    from .loop import load_base_model, load_run_config, load_split
 
     config = load_run_config(args.config, args.overrides)
     t = config.train

@@ -3,7 +3,7 @@
 Documents come from one entry point, :func:`load_documents`, with two kinds of
 source behind it:
 
-* local corpora (``wiki``, ``python`` or a user path, see :mod:`train.corpora`)
+* local corpora (``wiki``, ``python`` or a user path, see :mod:`pass_jax.train.corpora`)
   written by a local TFDS builder to ``array_record`` files and read back
   with ``as_data_source()`` (random access, no TensorFlow needed);
 * the paper's real sources (English Wikipedia, The Stack Python) through
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from train.corpora import (
+from .corpora import (
     CorpusError,
     Document,
     default_cache_dir,

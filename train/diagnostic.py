@@ -39,8 +39,8 @@ from pass_jax import outputs
 from pass_jax.config import LlamaConfig
 from pass_jax.model import gather_positions, lm_head
 from pass_jax.sampling import PAPER, SamplingConfig, probabilities, residual_distribution
-from train import cached
-from train.data import PackedDataset
+from . import cached
+from .data import PackedDataset
 
 
 @dataclasses.dataclass(frozen=True)

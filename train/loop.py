@@ -7,7 +7,7 @@ look-ahead parameters alone.
 
 A run directory holds `config.json`, `metrics.jsonl` (one JSON object per log/eval point),
 `checkpoints/` (Orbax: look-ahead parameters, optimizer state, step; the data position is the step, see
-`train.data.PackedDataset`) and, at the end, `lookahead.npz` + `lookahead.json` (the format
+`pass_jax.train.data.PackedDataset`) and, at the end, `lookahead.npz` + `lookahead.json` (the format
 `pass-jax generate --lookahead PATH` reads).
 """
 from __future__ import annotations
@@ -35,12 +35,12 @@ from pass_jax.errors import PassJaxError
 from pass_jax.loading import LoadedModel, load_model
 from pass_jax.model import init_params
 from pass_jax.sharding import make_mesh, shard_params
-from train.corpora import CorpusError
-from train.data import PackedDataset, build_packed_dataset
+from .corpora import CorpusError
+from .data import PackedDataset, build_packed_dataset
 from pass_jax.sampling import SamplingConfig
-from train import diagnostic
-from train.report import parse_record
-from train.losses import (OBJECTIVES, TARGETS, cached_loss, lookahead_loss, num_valid_anchors, sample_anchors,
+from . import diagnostic
+from .report import parse_record
+from .losses import (OBJECTIVES, TARGETS, cached_loss, lookahead_loss, num_valid_anchors, sample_anchors,
                           teach)
 
 PREFIXES = ("cached", "masked")
@@ -85,7 +85,7 @@ class TrainSection:
     """num_lookahead: L; kind: vectors (the paper) | deep (per-layer vectors too, see
     pass_jax.lookahead); batch_size: global rows per step; anchors_per_seq: look-ahead groups per
     row; loss: ce | kl | tv | accept, targets: data | self, temperature/top_k: the decode's sampling
-    that kl/tv/accept distil (see train.losses); prefix: cached (one no-gradient pass over the
+    that kl/tv/accept distil (see pass_jax.train.losses); prefix: cached (one no-gradient pass over the
     tokens) | masked (the reference: one masked forward and backward over tokens and groups);
     steps, lr, warmup: the warmup-cosine schedule; clip: global gradient norm;
     eval_every/eval_batches, checkpoint_every/keep: schedules, in steps; eval_sequences x
@@ -417,7 +417,7 @@ def _mean_metrics(metrics: list[dict]) -> dict[str, Any]:
 def evaluate(eval_step, model: LoadedModel, lookahead, data: PackedDataset, t: TrainSection, mesh) -> dict[str, Any]:
     """Mean metrics over the first `eval_batches` batches of the test split (never repeating rows),
     and (single-process runs) [LA]_1's exact acceptance and the blind-drafter ceilings on
-    eval_sequences x eval_anchors_per_seq held-out anchors (`train.diagnostic`, depth 1)."""
+    eval_sequences x eval_anchors_per_seq held-out anchors (`pass_jax.train.diagnostic`, depth 1)."""
     batch = min(local_batch_size(t, mesh), len(data))
     num = min(t.eval_batches, data.steps_per_epoch(batch))
     results = _mean_metrics([eval_step(model.params, lookahead, global_array_from_local(rows, mesh), i)

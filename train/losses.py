@@ -7,7 +7,7 @@ Two ways to compute the draft logits of G anchors per sequence, equal up to floa
 - masked (the reference): the sequence's T tokens followed by G look-ahead groups of L slots in
   one forward, with an explicit [B, W, W] mask so that group g sees the tokens up to its anchor and
   its own earlier slots only. Forward and backward run over all T + G*L slots.
-- cached (`train.cached`): one no-gradient pass over the tokens into a KV cache, then the G*L
+- cached (`pass_jax.train.cached`): one no-gradient pass over the tokens into a KV cache, then the G*L
   look-ahead slots as one call on top of it. Only those slots run forward and backward.
 
 Indices are 0-based: an anchor `a` is the index of the last token a group sees (the paper's x_t
@@ -37,7 +37,7 @@ from pass_jax import lookahead as lookahead_lib
 from pass_jax.config import LlamaConfig
 from pass_jax.model import forward, gather_positions, lm_head
 from pass_jax.sampling import SamplingConfig, probabilities
-from train import cached
+from . import cached
 
 OBJECTIVES = ("ce", "kl", "tv", "accept")
 TARGETS = ("data", "self")

@@ -4,8 +4,8 @@ One run: loss (train and eval), per-position draft accuracy, and [LA]_1's exact 
 the blind-drafter ceilings (when the run logged them). Several runs: their [LA]_1 acceptance
 against the ceilings, side by side.
 
-    python -m train.report runs/smollm2_135m_wiki --out docs/training_text.png
-    python -m train.report runs/sweep/text-* --out docs/sweep_text.png
+    python -m pass_jax.train.report runs/smollm2_135m_wiki --out docs/training_text.png
+    python -m pass_jax.train.report runs/sweep/text-* --out docs/sweep_text.png
 """
 from __future__ import annotations
 

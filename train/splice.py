@@ -1,6 +1,6 @@
 """Splice look-ahead parameters: the first steps from one set, the later steps from another.
 
-    python -m train.splice --head runs/x/lookahead.npz --tail pass_jax/lookahead_weights/smollm2-135m-text.npz \\
+    python -m pass_jax.train.splice --head runs/x/lookahead.npz --tail pass_jax/lookahead_weights/smollm2-135m-text.npz \\
         --out runs/x/spliced.npz
 
 A run that trains [LA]_1..[LA]_h only (train.num_lookahead=h) spends all its compute on the
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     metadata.update(num_lookahead=lookahead_lib.num_steps(result), parameters=lookahead_lib.num_parameters(result),
                     splice={"steps": {f"1-{h}": str(args.head), f"{h + 1}-{lookahead_lib.num_steps(tail)}": str(args.tail)},
                             "head_command": head_meta.get("command"), "tail_command": tail_meta.get("command"),
-                            "command": f"python -m train.splice --head {args.head} --tail {args.tail} --out {args.out}"})
+                            "command": f"python -m pass_jax.train.splice --head {args.head} --tail {args.tail} --out {args.out}"})
     lookahead_lib.save(args.out, result, metadata)
     print(json.dumps({"out": str(args.out), "kind": lookahead_lib.kind_of(result),
                       "num_lookahead": lookahead_lib.num_steps(result)}))

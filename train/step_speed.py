@@ -1,10 +1,10 @@
 """Time the cached-prefix training step against the masked many-anchor one, same settings.
 
-    python -m train.step_speed --config smollm2_135m_wiki --steps 3 \\
+    python -m pass_jax.train.step_speed --config smollm2_135m_wiki --steps 3 \\
         --setting L=8,G=24,B=2 --setting L=1,G=32,B=2 --json runs/step_speed.json
 
 For each setting (L look-ahead steps, G anchors per sequence, B sequences of data.seq_len tokens)
-and each prefix (cached, masked) it compiles `train.loop.make_train_step` once (timed apart), then
+and each prefix (cached, masked) it compiles `pass_jax.train.loop.make_train_step` once (timed apart), then
 runs --steps steps on real batches and reports the median wall and CPU seconds per step, anchors
 and target tokens (anchors x L) per second. On a shared machine the CPU seconds are the stable
 figure; the load average is printed beside them.
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import jax
 
     from pass_jax.sharding import make_mesh
-    from train.loop import init_state, load_base_model, load_run_config, load_split, make_train_step
+    from .loop import init_state, load_base_model, load_run_config, load_split, make_train_step
 
     config = load_run_config(args.config, args.overrides)
     mesh = make_mesh(config.mesh)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..cli_args import log, read_prompts
 from .settings import BenchError
 
-CORPUS_FOR_DOMAIN = {"text": "wiki", "code": "python"}  # train.data sources of the held-out prompts
+CORPUS_FOR_DOMAIN = {"text": "wiki", "code": "python"}  # pass_jax.train.data sources of the held-out prompts
 
 
 def prefix_prompt(tokenizer, text: str, prompt_tokens: int) -> str | None:
@@ -30,7 +30,7 @@ def corpus_prompts(tokenizer, domain: str, num_prompts: int, prompt_tokens: int)
 
     Documents shorter than `prompt_tokens` tokens are skipped (see `prefix_prompt`).
     """
-    from train import data  # imports tensorflow_datasets: only when the built-in prompts are used
+    from ..train import data  # imports tensorflow_datasets: only when the built-in prompts are used
 
     prompts = []
     for document in data.load_documents(CORPUS_FOR_DOMAIN[domain], split="test"):
