@@ -1,7 +1,7 @@
 """Model configuration: a frozen, validated dataclass and the named presets in `configs/`."""
 from __future__ import annotations
 
-from .errors import PassJaxError
+from .typed_config import ConfigError, build
 
 import dataclasses
 import importlib.resources
@@ -14,10 +14,6 @@ import jax.numpy as jnp
 # The checkout's configs/, installed as the package data pass_jax.configs (editable or not).
 CONFIGS_DIR = Path(str(importlib.resources.files("pass_jax.configs")))
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(PassJaxError):
-    """A configuration that cannot describe a working model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +45,7 @@ class LlamaConfig:
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, Mapping):
-            object.__setattr__(self, "rope_scaling", _from_mapping(RopeScaling, self.rope_scaling, "rope_scaling"))
+            object.__setattr__(self, "rope_scaling", build(RopeScaling, self.rope_scaling, "rope_scaling"))
         if self.head_dim is None:
             if self.num_heads > 0 and self.hidden_size % self.num_heads:
                 raise ConfigError(
@@ -90,22 +86,11 @@ class LlamaConfig:
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
 
-def _from_mapping(cls, data: Mapping[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
-    return cls(**data)
-
-
 def from_dict(data: Mapping[str, Any], where: str = "model config") -> LlamaConfig:
-    """Build a config, naming any unknown key instead of failing in the constructor."""
+    """Build a config, naming any unknown key or mistyped value instead of failing in the constructor."""
     data = dict(data)
     data.pop("name", None)
-    try:
-        return _from_mapping(LlamaConfig, data, where)
-    except TypeError as err:  # missing required fields
-        raise ConfigError(f"{where}: {err}") from None
+    return build(LlamaConfig, data, where=where)
 
 
 def to_dict(config: LlamaConfig) -> dict[str, Any]:

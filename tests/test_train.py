@@ -23,6 +23,7 @@ from pass_jax.sampling import SamplingConfig, probabilities
 from pass_jax.sharding import make_mesh
 from pass_jax.train import loop, losses
 from pass_jax.train.data import PackedDataset
+from pass_jax.train.tokenizers import ByteTokenizer
 
 CONFIG = load_preset("tiny")
 L = 4
@@ -60,7 +61,7 @@ def run_config(tmp_path: Path, **train) -> loop.RunConfig:
 
 
 def tiny_model(params) -> LoadedModel:
-    return LoadedModel(CONFIG, params, loop.ByteTokenizer(CONFIG.vocab_size), "random:tiny")
+    return LoadedModel(CONFIG, params, ByteTokenizer(CONFIG.vocab_size), "random:tiny")
 
 
 # ---------------------------------------------------------------- the masked many-anchor forward

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,17 @@ from pass_jax.distributed import gather_to_host, global_array_from_local, proces
 from pass_jax.errors import PassJaxError
 from pass_jax.loading import LoadedModel, load_model
 from pass_jax.model import init_params
+from pass_jax.sampling import SamplingConfig
 from pass_jax.sharding import make_mesh, shard_params
+from pass_jax.typed_config import apply_overrides, build
+
+from . import diagnostic
 from .corpora import CorpusError
 from .data import PackedDataset, build_packed_dataset
-from pass_jax.sampling import SamplingConfig
-from . import diagnostic
-from .report import parse_record
 from .losses import (OBJECTIVES, TARGETS, cached_loss, lookahead_loss, num_valid_anchors, sample_anchors,
-                          teach)
+                     teach)
+from .report import parse_record
+from .tokenizers import ByteTokenizer
 
 PREFIXES = ("cached", "masked")
 
@@ -149,7 +151,6 @@ class RunConfig:
         return Path(self.output.export).expanduser().absolute() if self.output.export else self.run_dir / "lookahead.npz"
 
 
-_SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection, "output": OutputSection}
 _AT_LEAST_ONE = ("seq_len", "max_documents", "max_tokens", "eval_max_tokens", "num_lookahead", "batch_size",
                  "steps", "anchors_per_seq", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep",
                  "top_k")
@@ -157,32 +158,12 @@ _POSITIVE = ("lr", "clip", "temperature")
 _NON_NEGATIVE = ("warmup", "weight_decay")
 
 
-def _checked(value: Any, hint: Any, key: str) -> Any:
-    """`value` if it fits the annotation `hint` (ints pass as floats; bools never as numbers)."""
-    allowed = typing.get_args(hint) or (hint,)
-    if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
-        value = float(value)
-    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
-        names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-        raise ConfigError(f"{key} must be {names}, got {value!r}")
-    name = key.rsplit(".", 1)[-1]
-    if value is not None and (name in _AT_LEAST_ONE and value < 1 or name in _POSITIVE and not 0 < value < np.inf
-                              or name in _NON_NEGATIVE and not 0 <= value < np.inf):
+def _check_range(name: str, value: Any, key: str) -> None:
+    """The numeric ranges of the run config's keys (their types are checked by `typed_config.build`)."""
+    if name in _AT_LEAST_ONE and value < 1 or name in _POSITIVE and not 0 < value < np.inf \
+            or name in _NON_NEGATIVE and not 0 <= value < np.inf:
         rule = "finite and >= 0" if name in _NON_NEGATIVE else "finite and positive" if name in _POSITIVE else "positive"
         raise ConfigError(f"{key} must be {rule}, got {value!r}")
-    return value
-
-
-def _build(cls, values: dict, where: str):
-    """A dataclass from a dict, naming any unknown key by its dotted path."""
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-                          f"known{' in ' + where if where else ''}: {', '.join(known)}")
-    return cls(**{k: _checked(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()})
 
 
 def run_config_from_dict(data: dict, name: str) -> RunConfig:
@@ -192,12 +173,7 @@ def run_config_from_dict(data: dict, name: str) -> RunConfig:
     if kind != "train":
         raise ConfigError(f"config {name!r} has kind {kind!r}; `pass-jax train` needs a config with "
                           '"kind": "train" (model presets are referenced from its "model" section)')
-    for section, cls in _SECTIONS.items():
-        if section in data:
-            if not isinstance(data[section], dict):
-                raise ConfigError(f"{section} must be a section (a JSON object), got {data[section]!r}")
-            data[section] = _build(cls, data[section], section)
-    config = _build(RunConfig, {"name": name, **data}, "")
+    config = build(RunConfig, {"name": name, **data}, check=_check_range)
     _check_consistency(config)
     return config
 
@@ -221,32 +197,6 @@ def _check_consistency(config: RunConfig) -> None:
         raise ConfigError(f"model.source={RANDOM_MODEL!r} needs model.preset to give the shapes")
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.steps=10' -> (['train', 'steps'], 10). Values are JSON, else plain strings."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. train.steps=10)")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """A copy of a config dict with `key.sub=value` overrides applied (validated afterwards)."""
-    data = json.loads(json.dumps(data))
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {part} is not a section")
-        node[path[-1]] = value
-    return data
-
-
 def load_run_config(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
     """A train config by name in `configs/` or path, with command-line overrides."""
     name = resolve_config_path(name_or_path).stem
@@ -256,19 +206,6 @@ def load_run_config(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
 # --------------------------------------------------------------------------
 # Model and data
 # --------------------------------------------------------------------------
-
-class ByteTokenizer:
-    """For `random` models only: UTF-8 bytes folded into ids 1..V-1, id 0 is EOS."""
-
-    bos_token_id = None
-    eos_token_id = 0
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [1 + b % (self.vocab_size - 1) for b in text.encode("utf-8")]
-
 
 def load_base_model(section: ModelSection, mesh) -> LoadedModel:
     """The frozen base model, sharded on the mesh, checked against the preset's shapes."""

@@ -21,6 +21,7 @@ excluded and reported separately. peak_host_mb is the process-wide peak so far (
 
 def settings_from_args(args):
     """`BenchSettings` from the arguments (checked before any model is loaded)."""
+    from ..typed_config import build
     from .settings import BenchError, BenchSettings
 
     values = [v.strip() for v in args.num_lookahead.split(",") if v.strip()]
@@ -30,10 +31,11 @@ def settings_from_args(args):
     trees = tuple(_parse_tree(text) for text in given) if args.draft_tree else BenchSettings.draft_trees
     if not chains and not trees and not auto:
         raise BenchError("give at least one PaSS setting: --num-lookahead, --draft-tree or auto")
-    return BenchSettings(num_lookahead=chains, calls=parse_int_list(args.calls, "--calls"), draft_trees=trees,
-                         auto=auto, max_new_tokens=args.max_new_tokens,
-                         sampling=sampling_from_args(args), batch_size=args.batch_size, rounds=args.rounds,
-                         lookahead=args.lookahead, seed=args.seed, transformers=not args.no_transformers)
+    return build(BenchSettings, dict(num_lookahead=chains, calls=parse_int_list(args.calls, "--calls"),
+                                     draft_trees=trees, auto=auto, max_new_tokens=args.max_new_tokens,
+                                     sampling=sampling_from_args(args), batch_size=args.batch_size,
+                                     rounds=args.rounds, lookahead=args.lookahead, seed=args.seed,
+                                     transformers=not args.no_transformers))
 
 
 def _parse_tree(text: str) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from .. import autotune
 from ..cli_args import log as _log
+from ..typed_config import to_json
 from .machine import machine_info, peak_device_mb, peak_host_mb, roofline
 from .methods import RoundResult, pass_jax_methods, transformers_methods, transformers_unavailable_reason
 from .rows import add_predictions, add_ratios, cost_key, summarize_method
@@ -69,7 +70,7 @@ def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, 
     notes.append("peak_host_mb is the process-wide peak resident memory when the row's last run ended "
                  "(it only grows); peak_device_mb is the device peak over the whole bench")
     return {"machine": machine_info(),
-            "settings": {**settings.to_json(), "domains": {d: len(p) for d, p in prompts.items()},
+            "settings": {**to_json(settings), "domains": {d: len(p) for d, p in prompts.items()},
                          "model": model.source, "torch_threads": os.cpu_count()},
             "notes": notes, "runs": rows, "call_costs": call_costs,
             "roofline": roofline(model, rows) if settings.roofline else None}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from ..autotune import Setting
 from ..decoding import check_settings
@@ -54,8 +53,3 @@ class BenchSettings:
         """The PaSS rows: a chain of each L and each tree, with each number of calls."""
         shapes = [(1,) * value for value in self.num_lookahead] + [tuple(t) for t in self.draft_trees]
         return [Setting(calls, shape) for shape in shapes for calls in self.calls]
-
-    def to_json(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["num_lookahead"] = list(self.num_lookahead)
-        return values

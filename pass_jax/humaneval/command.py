@@ -33,15 +33,16 @@ def default_ks(num_samples: int) -> tuple[int, ...]:
 
 def settings_from_args(args):
     """`EvalSettings` from the arguments (checked before any model is loaded)."""
+    from ..typed_config import build
     from .evaluation import EvalSettings
 
-    return EvalSettings(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
-                        num_lookahead=args.num_lookahead, lookahead=args.lookahead,
-                        prompt_style=args.prompt_style, num_samples=args.num_samples,
-                        ks=parse_int_list(args.k, "--k") if args.k else default_ks(args.num_samples),
-                        max_new_tokens=args.max_new_tokens,
-                        sampling=sampling_from_args(args), batch_size=args.batch_size, seed=args.seed,
-                        timeout=args.timeout, workers=args.workers)
+    return build(EvalSettings, dict(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+                                    num_lookahead=args.num_lookahead, lookahead=args.lookahead,
+                                    prompt_style=args.prompt_style, num_samples=args.num_samples,
+                                    ks=parse_int_list(args.k, "--k") if args.k else default_ks(args.num_samples),
+                                    max_new_tokens=args.max_new_tokens, sampling=sampling_from_args(args),
+                                    batch_size=args.batch_size, seed=args.seed, timeout=args.timeout,
+                                    workers=args.workers))
 
 
 def cmd_humaneval(args) -> int:

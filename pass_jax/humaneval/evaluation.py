@@ -10,6 +10,7 @@ from ..decoding import check_settings
 from ..defaults import MODES
 from ..generate import Generator, resolve_lookahead
 from ..sampling import PAPER, SamplingConfig
+from ..typed_config import to_json
 from .execution import check_all
 from .problems import (PROMPT_STYLES, HumanEvalError, fence_stop_ids, model_prompt, resolve_prompt_style,
                        truncate_completion)
@@ -45,11 +46,6 @@ class EvalSettings:
         if self.timeout <= 0 or self.batch_size < 1:
             raise HumanEvalError("--timeout must be > 0 and --batch-size >= 1")
 
-    def to_json(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values.update(modes=list(self.modes), ks=list(self.ks), sampling=dataclasses.asdict(self.sampling))
-        return values
-
 
 def sample_completions(model, problems: Sequence[dict[str, Any]], mode: str, settings: EvalSettings,
                        progress: bool = False) -> tuple[list[list[str]], dict[str, Any]]:
@@ -79,7 +75,7 @@ def evaluate(model, problems: Sequence[dict[str, Any]], settings: EvalSettings,
              progress: bool = False) -> dict[str, Any]:
     """Generate, execute and score every mode; returns the JSON report."""
     style = resolve_prompt_style(getattr(model, "tokenizer", None), settings.prompt_style)
-    report: dict[str, Any] = {"settings": settings.to_json(), "prompt_style": style, "problems": len(problems),
+    report: dict[str, Any] = {"settings": to_json(settings), "prompt_style": style, "problems": len(problems),
                               "modes": {}, "comparison": None, "samples": []}
     passed_by_mode = {}
     for mode in settings.modes:
