@@ -81,7 +81,6 @@ class DecodeSpec:
     sampling: SamplingConfig = SamplingConfig()
     eos_ids: tuple[int, ...] = ()
     mesh: Any = None            # shard the KV cache over this mesh (`sharding.cache_sharding`), or None
-    cache_sharding: Any = None  # superseded by `mesh` (it depends on batch and buffer length); still accepted
     calls: int = 2              # PaSS model calls per iteration: 2 (draft, then validate) or 1 (both at once)
     draft_tree: tuple[int, ...] = ()  # candidates per look-ahead depth; () is the chain (1,) * num_lookahead
 
@@ -225,8 +224,8 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     batch, width = prompt_tokens.shape
     length = spec.buffer_length(width)
     cache = init_cache(spec.config, batch, length)
-    sharding = cache_sharding(spec.config, spec.mesh, batch, length) if spec.mesh is not None else spec.cache_sharding
-    if sharding is not None:
+    if spec.mesh is not None:
+        sharding = cache_sharding(spec.config, spec.mesh, batch, length)
         cache = lax.with_sharding_constraint(cache, jax.tree.map(lambda _: sharding, cache))
     groups = spec.num_lookahead if spec.single_call else 0
     ids, positions, la_steps, mask, logits_index = _prefill_inputs(prompt_tokens, prompt_lengths, groups, length)

@@ -11,4 +11,4 @@ CACHE_ENV = "PASS_JAX_CACHE"
 
 def cache_dir() -> Path:
     """The pass-jax cache root: compiled programs (xla/), float32 copies of GGUF models (models/)."""
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "pass_jax"))
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "pass_jax")).expanduser()

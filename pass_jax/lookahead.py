@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import LlamaConfig
+from .defaults import DEFAULT_MODEL
 
 KINDS = ("vectors", "deep")
 LOOKAHEAD_AXES = ("lookahead", "embed")
@@ -235,7 +236,7 @@ def forward_inputs(lookahead, step_index) -> dict:
 
 
 def bundled_path(domain: str = "text") -> Path:
-    return BUNDLED_DIR / f"smollm2-135m-{domain}.npz"
+    return BUNDLED_DIR / f"{DEFAULT_MODEL}-{domain}.npz"
 
 
 def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, model_identity: str | None = None,
@@ -257,12 +258,10 @@ def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, m
 
 def resolve_path(spec: str | None, model_identity: str | None = None, domain: str = "text") -> Path | None:
     """The file or directory `--lookahead` names (see `resolve`), or None for the untrained initialisation."""
-    from .loading import DEFAULT_MODEL
-
     spec = spec or "default"
     shipped = {"default": domain, "text": "text", "code": "code"}.get(spec)
     if shipped and model_identity == DEFAULT_MODEL and bundled_path(shipped).is_file():
         return bundled_path(shipped)
     if spec in ("text", "code"):
-        raise LookaheadError(f"--lookahead {spec}: shipped vectors exist only for the bundled smollm2-135m")
+        raise LookaheadError(f"--lookahead {spec}: shipped vectors exist only for the bundled {DEFAULT_MODEL}")
     return None if spec in ("default", "none") else Path(spec)

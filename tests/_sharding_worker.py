@@ -43,9 +43,9 @@ PASS_NEW = 16
 PASS_MESH = "2x4"  # tensor and data axes both split; one mesh only, as each sharded decode compiles for seconds
 
 
-def pass_spec(variant, c_sharding=None):
-    return DecodeSpec(PASS_CONFIG, mode="pass", max_new_tokens=PASS_NEW, sampling=GREEDY, eos_ids=(),
-                      cache_sharding=c_sharding, **PASS_VARIANTS[variant])
+def pass_spec(variant, mesh=None):
+    return DecodeSpec(PASS_CONFIG, mode="pass", max_new_tokens=PASS_NEW, sampling=GREEDY, eos_ids=(), mesh=mesh,
+                      **PASS_VARIANTS[variant])
 
 
 def spec_text(sharding) -> str:
@@ -58,8 +58,7 @@ def run_pass(mesh, place, chain, pass_reference):
     sharded = shard_params(params, PASS_CONFIG, mesh)
     hists = {}
     for variant, (ref_tokens, ref_lengths) in pass_reference.items():
-        base = pass_spec(variant)
-        spec = pass_spec(variant, cache_sharding(PASS_CONFIG, mesh, BATCH, base.buffer_length(WIDTH)))
+        spec = pass_spec(variant, mesh)
         state = decode_jit(sharded, vectors[:spec.num_lookahead], place(tokens), place(prompt_lengths),
                            jax.random.key(0), spec)
         np.testing.assert_array_equal(np.asarray(state.lengths), ref_lengths)
@@ -96,9 +95,8 @@ def run_mesh(name, params, inputs, reference, chain, pass_reference):
     facts["logits_max_diff"] = float(np.abs(np.asarray(logits) - ref_logits).max())
     np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=TOL, rtol=0)
 
-    base = DecodeSpec(CONFIG, mode="ar", max_new_tokens=NEW, sampling=GREEDY, eos_ids=())
-    c_sharding = cache_sharding(CONFIG, mesh, BATCH, base.buffer_length(WIDTH))
-    spec = DecodeSpec(CONFIG, mode="ar", max_new_tokens=NEW, sampling=GREEDY, eos_ids=(), cache_sharding=c_sharding)
+    spec = DecodeSpec(CONFIG, mode="ar", max_new_tokens=NEW, sampling=GREEDY, eos_ids=(), mesh=mesh)
+    c_sharding = cache_sharding(CONFIG, mesh, BATCH, spec.buffer_length(WIDTH))  # what prefill should ask for
     prompt = place(tokens)
     facts["prompt_spec"] = spec_text(prompt.sharding)
     state = decode_jit(sharded, None, prompt, place(prompt_lengths), jax.random.key(0), spec)

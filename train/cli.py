@@ -9,9 +9,10 @@ import shlex
 import sys
 
 from pass_jax.cli_args import add_overwrite_arg, check_lookahead_arg
+from pass_jax.defaults import DEFAULT_MODEL
 
-EPILOG = """config keys (override any with KEY=VALUE; values are JSON, else strings):
-  model.source   smollm2-135m (bundled) | FILE.gguf | HF or `pass-jax convert` dir | random
+EPILOG = f"""config keys (override any with KEY=VALUE; values are JSON, else strings):
+  model.source   {DEFAULT_MODEL} (bundled) | FILE.gguf | HF or `pass-jax convert` dir | random
   model.preset   model preset whose shapes the model must have (smollm2_135m, llama1_7b, tiny)
   model.dtype    float32 | bfloat16 (default: the loader's, float32 on CPU)
   data.source    wiki | python (offline) | wikipedia | the-stack-python (TFDS) | PATH

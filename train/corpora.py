@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
+from pass_jax import defaults
 from pass_jax.errors import PassJaxError
 from tqdm import tqdm
 
@@ -61,14 +62,11 @@ class Document(NamedTuple):
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where corpora are cached.
 
-    The argument wins; else ``$PASS_JAX_CACHE/corpora`` (the env var names the
-    project-wide pass_jax cache root); else ``~/.cache/pass_jax/corpora``.
+    The argument wins; else ``corpora/`` in the pass-jax cache (``pass_jax.defaults.cache_dir``).
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    root = os.environ.get("PASS_JAX_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "pass_jax"
-    return base / "corpora"
+    return defaults.cache_dir() / "corpora"
 
 
 def fetch_wiki_text(cache_dir: str | os.PathLike | None = None) -> Path:

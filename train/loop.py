@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from pass_jax import lookahead as lookahead_lib
 from pass_jax import outputs
 from pass_jax.config import ConfigError, LlamaConfig, load_config_file, load_preset, resolve_config_path
+from pass_jax.defaults import DEFAULT_MODEL
 from pass_jax.distributed import gather_to_host, global_array_from_local, process_local_batch
 from pass_jax.errors import PassJaxError
 from pass_jax.loading import LoadedModel, load_model
@@ -61,7 +62,7 @@ class ModelSection:
     name whose shapes the loaded model must have (and planning tools read). dtype: overrides the
     activation and parameter dtype (bfloat16 on TPU; float32 on CPU, where bf16 is slow)."""
 
-    source: str = "smollm2-135m"
+    source: str = DEFAULT_MODEL
     preset: str | None = None
     dtype: str | None = None
 
