@@ -10,7 +10,8 @@ from ..cli_args import (add_model_arg, add_overwrite_arg, add_sampling_args, che
 
 
 EPILOG = """examples:
-  pass-jax bench                                          # text prompts, L = 1,2,4,6,8, 3 rounds
+  pass-jax bench                                          # text prompts; L = 1,2,4,6 and auto, trees 3,1,1
+                                                          # and 4,2,1, each with 2 and 1 calls; 3 rounds
   pass-jax bench --domain both --json bench.json --plot plots/
   pass-jax bench --temperature 0 --num-lookahead 4 --rounds 5    # greedy
   pass-jax bench --prompts prompts.jsonl --no-transformers
