@@ -60,21 +60,28 @@ def candidate_settings(max_lookahead: int, calls: Iterable[int] = (1, 2)) -> lis
     return [Setting(c, t) for c in calls for t in shapes]
 
 
-def expected_accepted(acceptance: dict[str, list[float]], tree: Sequence[int]) -> float:
-    """E[A] of a tree from the per-depth acceptance with K candidates (`acceptance[str(K)][d]`)."""
+def expected_accepted(acceptance: dict[str, list[float | None]], tree: Sequence[int]) -> float:
+    """E[A] of a tree from the per-depth acceptance with K candidates (`acceptance[str(K)][d]`). A
+    depth that the diagnostic never reached is null there; it only matters if it can be reached."""
     total, reach = 0.0, 1.0
     for depth, k in enumerate(tree):
+        if reach == 0.0:
+            break
         rates = acceptance.get(str(k))
-        if rates is None or depth >= len(rates):
+        if rates is None or depth >= len(rates) or rates[depth] is None:
             raise AutotuneError(f"the vectors' metadata has no acceptance for {k} candidates at depth {depth + 1}")
         reach *= rates[depth]
         total += reach
     return total
 
 
-def predictable(setting: Setting, acceptance: dict[str, list[float]]) -> bool:
-    """Whether the acceptance table covers every depth and candidate count of the setting."""
-    return all(len(acceptance.get(str(k), ())) > depth for depth, k in enumerate(setting.draft_tree))
+def predictable(setting: Setting, acceptance: dict[str, list[float | None]]) -> bool:
+    """Whether the acceptance table covers every reachable depth and candidate count of the setting."""
+    try:
+        expected_accepted(acceptance, setting.draft_tree)
+    except AutotuneError:
+        return False
+    return True
 
 
 def predict(setting: Setting, acceptance: dict[str, list[float]], relative_cost: dict[tuple[int, int], float]

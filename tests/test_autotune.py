@@ -15,6 +15,14 @@ def test_expected_accepted_is_the_sum_of_reach_probabilities():
         autotune.expected_accepted(ACCEPTANCE, (4,))
     with pytest.raises(autotune.AutotuneError, match="depth 5"):
         autotune.expected_accepted(ACCEPTANCE, (1,) * 5)
+    # greedy metadata holds null where no iteration reached a depth: unreachable after a 0.0 rate,
+    # an error where it can be reached (this crashed `bench --temperature 0 -L auto` on the shipped vectors)
+    unreached = {"1": [0.25, 0.0, None, None], "2": [0.5, None]}
+    assert autotune.expected_accepted(unreached, (1, 1, 1, 1)) == pytest.approx(0.25)
+    assert autotune.predictable(Setting(1, (1,) * 4), unreached)
+    with pytest.raises(autotune.AutotuneError, match="2 candidates at depth 2"):
+        autotune.expected_accepted(unreached, (2, 2))
+    assert not autotune.predictable(Setting(2, (2, 2)), unreached)
 
 
 def test_call_shapes_and_prediction():
