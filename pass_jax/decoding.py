@@ -116,6 +116,16 @@ class DecodeSpec:
         return buffer_length(prompt_width + self.max_new_tokens, self.width)
 
 
+def check_context(spec: DecodeSpec, prompt_length: int, error: type[Exception] = DecodeError) -> None:
+    """Raise `error` unless a prompt of `prompt_length` tokens, the budget and the slots a decode call
+    may write past it fit the model's context. A host check: inside jit the lengths are data."""
+    limit, budget, margin = spec.config.max_seq_len, spec.max_new_tokens, spec.overshoot
+    if prompt_length + budget + margin > limit:
+        raise error(f"prompt of {prompt_length} tokens + max_new_tokens={budget} + {margin} positions that a decode "
+                    f"call may write past them = {prompt_length + budget + margin} exceeds the model's context of "
+                    f"{limit} tokens; these settings leave room for {max(limit - budget - margin, 0)} prompt tokens")
+
+
 def buffer_length(tokens: int, call_width: int) -> int:
     """KV buffer slots for `tokens` (prompt + new tokens): a decode call of `call_width` positions that
     starts at the last committed token writes up to `call_width` + 1 slots past it."""
@@ -365,7 +375,17 @@ def decode(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSp
     return lax.while_loop(lambda s: ~jnp.all(s.done), step, state)
 
 
-decode_jit = jax.jit(decode, static_argnames=("spec",))
+_decode_jit = jax.jit(decode, static_argnames=("spec",))
+
+
+def decode_jit(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
+    """`decode`, jitted, once the longest prompt this process holds is checked to fit the context."""
+    shards = getattr(prompt_lengths, "addressable_shards", None)
+    longest = max(np.max(np.asarray(s.data)) for s in shards) if shards else np.max(np.asarray(prompt_lengths))
+    check_context(spec, int(longest))
+    return _decode_jit(params, lookahead, prompt_tokens, prompt_lengths, key, spec=spec)
+
+
 # Streaming: prefill once, then `decode_steps_jit` in chunks, reading the committed tokens between them.
 prefill_jit = jax.jit(prefill, static_argnames=("spec",))
 decode_steps_jit = jax.jit(decode_steps, static_argnames=("spec",), donate_argnames=("state",))

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
-from .decoding import DecodeSpec, decode_steps_jit, prefill_jit
+from .decoding import DecodeSpec, check_context, decode_steps_jit, prefill_jit
 from .distributed import gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
@@ -206,13 +206,7 @@ class Generator:
             ids = self._chat_ids(prompt)
         else:
             ids = list(self.model.tokenizer(prompt)["input_ids"])
-        limit, budget = self.model.config.max_seq_len, self.spec.max_new_tokens
-        margin = self.spec.overshoot  # the widest decode call may write past the budget's last token
-        if len(ids) + budget + margin > limit:
-            raise GenerationError(
-                f"prompt of {len(ids)} tokens + max_new_tokens={budget} + {margin} positions that a decode call "
-                f"may write past them = {len(ids) + budget + margin} exceeds the model's context of {limit} tokens; "
-                f"these settings leave room for {max(limit - budget - margin, 0)} prompt tokens")
+        check_context(self.spec, len(ids), GenerationError)
         return ids
 
     def _chat_ids(self, prompt: str) -> list[int]:
@@ -247,8 +241,9 @@ class Generator:
         lengths)` sees the committed tokens on host after the prefill and after every chunk. The
         result is the same either way: a chunk only caps the loop's iteration count.
         """
-        batch = len(prompt_ids)
-        width = bucket_width(max(len(p) for p in prompt_ids), self.model.config.max_seq_len)
+        batch, longest = len(prompt_ids), max(len(p) for p in prompt_ids)
+        check_context(self.spec, longest, GenerationError)  # as in encode, for callers that skip it
+        width = bucket_width(longest, self.model.config.max_seq_len)
         tokens = np.zeros((batch, width), np.int32)
         for row, ids in enumerate(prompt_ids):
             tokens[row, :len(ids)] = ids

@@ -1,5 +1,5 @@
 """Guards against silently wrong output (issue 15): NaN in masked cache slots, non-finite look-ahead
-parameters, the context limit's stated numbers, the batch never larger than the prompts, and the
+parameters, the context limit's stated numbers (and its check for direct callers), the batch never larger than the prompts, and the
 bundled model's identity surviving `convert`."""
 from __future__ import annotations
 
@@ -83,6 +83,23 @@ def test_context_error_states_the_real_limit(tiny):
     prompt, budget, stated_margin, total, limit, stated_room = numbers
     assert (prompt, budget, stated_margin, limit, stated_room) == (room + 1, 20, margin, 64, room)
     assert prompt + budget + stated_margin == total > limit
+
+
+def test_direct_callers_get_the_context_check(tiny):
+    """generate_ids and decode_jit, called without encode, refuse a prompt that leaves no room in the
+    context (they used to decode past it without a word); one that fits runs."""
+    config, params = tiny
+    model = LoadedModel(config.replace(max_seq_len=64), params, WordTokenizer(), "tiny")
+    generator = Generator(model, mode="ar", max_new_tokens=20)
+    room = 64 - 20 - generator.spec.overshoot
+    with pytest.raises(GenerationError, match=f"prompt of {room + 1} tokens .* exceeds the model's context of 64"):
+        generator.generate_ids([[5] * 3, [5] * (room + 1)])
+    tokens = np.full((1, room + 1), 5, np.int32)
+    with pytest.raises(decoding.DecodeError, match=f"leave room for {room} prompt tokens"):
+        decoding.decode_jit(params, None, tokens, np.asarray([room + 1], np.int32), jax.random.key(0),
+                            generator.spec)
+    state, _ = generator.generate_ids([[5] * room])
+    assert int(state.lengths[0]) == room + 20
 
 
 def test_batch_is_never_larger_than_the_prompts(tiny):
