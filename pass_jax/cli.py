@@ -57,7 +57,7 @@ SEPARATOR = "-" * 40
 EXTRA_COMMANDS = (
     ("train", "pass_jax.train.cli", "train PaSS look-ahead parameters (base model frozen)"),
     ("bench", "pass_jax.bench.command", "benchmark PaSS against autoregressive decoding and transformers+torch"),
-    ("plan", "pass_jax.plan", "per-device memory of a run on a mesh, and the recommended mesh (no devices needed)"),
+    ("plan", "pass_jax.plan_command", "per-device memory of a run on a mesh, and the recommended mesh (no devices needed)"),
     ("eval", "pass_jax.humaneval.command", "quality evaluations (HumanEval)"),
 )
 

@@ -1,4 +1,4 @@
-"""`pass-jax plan`: per-device memory of a run on a mesh, computed without any device.
+"""Per-device memory of a run on a mesh, computed without any device (`pass-jax plan`, see `plan_command`).
 
 Parameter and KV-cache bytes are exact: every array's per-device shard shape comes from the same
 `NamedSharding`s the run uses (`sharding.param_shardings` rules, `sharding.cache_sharding`), built
@@ -7,9 +7,7 @@ Activation bytes are an estimate (see `activation_bytes`).
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
 from typing import Any, Sequence
 
@@ -31,15 +29,6 @@ DEVICES: tuple[tuple[str, int], ...] = (  # memory per chip / GPU
     ("H100-80GB", 80 * GiB),
 )
 LOOKAHEAD_TRAIN_DTYPE = np.dtype(np.float32)  # pass_jax.train.loop keeps the vectors in float32
-
-RULE_HELP = """\
-The recommended mesh: among all factorisations of the device count into data x fsdp x tensor
-whose data-parallel part (data x fsdp) divides the batch, the one with the most data
-parallelism (largest data, then fewest fsdp: fsdp all-gathers weights on every call, tensor
-parallelism does not) whose per-device total fits the smallest device budget in the table that
-any factorisation fits (TPU v5e first: 90% of 16 GiB). Parameter and KV-cache bytes are exact
-(the real shardings on an abstract mesh); activations are an estimate."""
-
 
 class PlanError(PassJaxError):
     """Settings that cannot be planned."""
@@ -222,7 +211,7 @@ def plan(config: LlamaConfig | str, mesh_shape_: str | Sequence[int] | dict | No
     (data x fsdp x tensor), a tuple or a dict, or None to plan the recommended mesh of
     `num_devices`; max_len: prompt + new tokens (generation) or the sequence length (training);
     dtype: overrides the config's compute and parameter dtype. Returns bytes per device, the
-    device table and the recommended mesh (see RULE_HELP). Needs no devices.
+    device table and the recommended mesh (see `plan_command.RULE_HELP`). Needs no devices.
     """
     if batch < 1 or max_len < 1 or num_lookahead < 0 or anchors < 1:
         raise PlanError("batch, max_len and anchors must be >= 1 and num_lookahead >= 0")
@@ -251,7 +240,7 @@ def plan(config: LlamaConfig | str, mesh_shape_: str | Sequence[int] | dict | No
 
 def recommend_mesh(config: LlamaConfig, num_devices: int, batch: int, max_len: int, num_lookahead: int,
                    train: bool, anchors: int) -> dict[str, Any] | None:
-    """See RULE_HELP. None when no factorisation fits even the largest device."""
+    """See `plan_command.RULE_HELP`. None when no factorisation fits even the largest device."""
     candidates = [s for s in factorisations(num_devices) if batch % (s["data"] * s["fsdp"]) == 0]
     candidates.sort(key=lambda s: (-s["data"], s["fsdp"]))
     plans = [_one(config, s, batch, max_len, num_lookahead, train, anchors, detail=False) for s in candidates]
@@ -310,47 +299,3 @@ def format_plan(p: dict[str, Any], name: str) -> str:
                      f"parallelism that fits {rec['budget_device']}{note}")
     lines.append("activations are an estimate; parameter and KV-cache bytes are exact (real shardings).")
     return "\n".join(lines)
-
-
-def cmd_plan(args) -> int:
-    if args.mesh is None and args.devices is None:
-        raise PlanError("give --mesh (e.g. 2x4) or --devices N")
-    if args.mesh is not None and args.devices is not None:
-        count = math.prod(mesh_shape(args.mesh).values())
-        if count != args.devices:
-            raise PlanError(f"--mesh {args.mesh} has {count} devices but --devices is {args.devices}")
-    result = plan(args.config, args.mesh, args.batch, args.max_len, num_lookahead=args.num_lookahead,
-                  dtype=args.dtype, train=args.train, anchors=args.anchors, num_devices=args.devices)
-    if args.json:
-        result = {k: v for k, v in result.items() if k != "param_shards"}
-        print(json.dumps(result, indent=1))
-    else:
-        print(format_plan(result, args.config))
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "plan", help="per-device memory of a run on a mesh, and the recommended mesh (no devices needed)",
-        description="Per-device memory of generation (or look-ahead training with --train) of a model on a "
-                    "device mesh: sharded parameters, KV cache, look-ahead vectors, optimizer state and an "
-                    "activation estimate, and whether it fits TPU v4/v5e, A100 and H100.",
-        epilog=RULE_HELP + "\n\nexamples:\n  pass-jax plan --config llama1_7b --mesh 2x4 --batch 8 --max-len 2048\n"
-               "  pass-jax plan --config llama1_7b --devices 4 --batch 8 --max-len 512 --train\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a model preset (llama1_7b, llama2_7b, smollm2_135m, tiny) "
-                        "or a model config .json")
-    parser.add_argument("--mesh", help="DATAxTENSOR (e.g. 2x4) or DATAxFSDPxTENSOR (e.g. 2x2x2); "
-                        "default: the recommended mesh of --devices")
-    parser.add_argument("--devices", type=int, help="device count for the recommendation (default: the mesh's)")
-    parser.add_argument("--batch", type=int, required=True, help="global batch (rows)")
-    parser.add_argument("--max-len", type=int, required=True,
-                        help="prompt + new tokens (generation) or the training sequence length (--train)")
-    parser.add_argument("--num-lookahead", "-L", type=int, default=8, help="look-ahead steps L (default 8; 0: plain "
-                        "decoding)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),
-                        help="parameter and compute dtype (default bfloat16)")
-    parser.add_argument("--train", action="store_true", help="plan look-ahead training instead of generation")
-    parser.add_argument("--anchors", type=int, default=32, help="anchors per sequence when training (default 32)")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    parser.set_defaults(func=cmd_plan)

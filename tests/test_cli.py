@@ -98,7 +98,7 @@ def test_help_teaches(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["bench", "--help"],
-                                  ["eval", "humaneval", "--help"]])
+                                  ["eval", "humaneval", "--help"], ["plan", "--help"], ["train", "--help"]])
 def test_help_imports_no_jax(argv):
     """The parser stays fast: `pass-jax --help` (and a command's) imports neither JAX nor other commands' code."""
     import subprocess
