@@ -159,6 +159,37 @@ def choose(settings: Sequence[Setting], acceptance: dict[str, list[float]],
     return sorted(rows, key=lambda row: -row[1]["ratio_vs_ar"])
 
 
+def iteration_ms(model, sampling, setting: Setting | None = None, lookahead=None, batch_size: int = 1,
+                 new_tokens: int = 32, rounds: int = 3) -> float:
+    """Median wall milliseconds per iteration of the real jitted decode loop (ar: per token) on a fixed
+    prompt, after a warm-up: the calls plus what the call timer leaves out (sampling, the rejection
+    rule, tree bookkeeping, K/V moves), which made the call-cost prediction 5-30% optimistic on a
+    2-core CPU (docs/BENCHMARKS.md)."""
+    from .generate import Generator
+
+    mode = {"mode": "ar"} if setting is None else {
+        "mode": "pass", "num_lookahead": setting.num_lookahead, "calls": setting.calls, "lookahead": lookahead,
+        "draft_tree": () if setting.is_chain else setting.draft_tree}
+    generator = Generator(model, max_new_tokens=new_tokens, sampling=sampling, batch_size=batch_size, **mode)
+    vocab = model.config.vocab_size
+    prompt = [[(7 * i + 3) % vocab for i in range(16)]] * batch_size
+    generator.generate_ids(prompt)  # compile and warm up
+    per_iteration = []
+    for seed in range(1, rounds + 1):
+        state, seconds = generator.generate_ids(prompt, seed=seed)
+        calls = int(state.stats.model_calls.max()) - 1  # the prefill counts as a call
+        per_iteration.append(1000 * seconds / max(calls / (setting.calls if setting else 1), 1))
+    return statistics.median(per_iteration)
+
+
+def timed_ratio(model, setting: Setting, prediction: dict[str, float], lookahead, sampling, batch_size: int = 1
+                ) -> float:
+    """The setting's speed against ar from timed loop iterations and its predicted tokens per iteration."""
+    ar_ms = iteration_ms(model, sampling, batch_size=batch_size)
+    pass_ms = iteration_ms(model, sampling, setting, lookahead, batch_size)
+    return prediction["tokens_per_call"] * setting.calls * ar_ms / pass_ms
+
+
 def autotune(model, metadata: dict[str, Any] | None, greedy: bool, max_lookahead: int = MAX_AUTO_L,
              calls: Iterable[int] = (1, 2), batch_size: int = 1):
     """(best setting, its prediction, every row) for `-L auto` on the running backend."""

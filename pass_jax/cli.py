@@ -157,7 +157,8 @@ def add_pass_args(parser: argparse.ArgumentParser, auto: bool = True) -> None:
     group.add_argument("--num-lookahead", "-L", default=None, metavar="N" + ("|auto" if auto else ""),
                        help="look-ahead steps L: a chain of L drafts (default: the depth of --draft-tree)"
                             + ("; auto times this machine's decode calls and picks the (calls, L, tree) its "
-                               "vectors' measured acceptance predicts fastest, or says to use --mode ar" if auto else ""))
+                               "vectors' measured acceptance predicts fastest, times that setting's decode loop against ar's, "
+                               "and decodes with the faster (saying so when it is ar)" if auto else ""))
     group.add_argument("--calls", type=int, choices=(1, 2), default=DEFAULT_CALLS,
                        help="model calls per iteration: 2 = the paper (a drafting call, then a validation call; "
                             "A+2 tokens per iteration), 1 = validate and draft in one wider call (A+1 tokens per "
@@ -191,9 +192,11 @@ def pass_settings_from_args(args) -> dict:
 
 
 def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict | None:
-    """`-L auto`: the best predicted setting on this backend, or None (with a note) when ar is predicted faster."""
+    """`-L auto`: the best setting predicted from call costs, confirmed by timing its decode loop against ar's,
+    or None (with a note) when ar is faster by either measure."""
     from . import autotune
     from . import lookahead as lookahead_lib
+    from .generate import resolve_lookahead
 
     path = lookahead_lib.resolve_path(lookahead, model.identity)
     metadata = lookahead_lib.read_metadata(path) if path is not None else None
@@ -204,7 +207,13 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict
             f"{prediction['ratio_vs_ar']:.2f}x ar); decoding with --mode ar")
         return None
     log(f"-L auto: {best.label()}, {prediction['tokens_per_call']:.2f} tokens per call, predicted "
-        f"{prediction['ratio_vs_ar']:.2f}x ar")
+        f"{prediction['ratio_vs_ar']:.2f}x ar from call costs; timing its decode loop against ar's ...")
+    vectors, _ = resolve_lookahead(model, lookahead, best.num_lookahead)
+    timed = autotune.timed_ratio(model, best, prediction, vectors, sampling, batch_size)
+    if timed <= 1.0:
+        log(f"-L auto: timed loop iterations put {best.label()} at {timed:.2f}x ar; decoding with --mode ar")
+        return None
+    log(f"-L auto: {best.label()}, {timed:.2f}x ar from timed loop iterations")
     tree = () if best.is_chain else best.draft_tree
     return {"num_lookahead": best.num_lookahead, "calls": best.calls, "draft_tree": tree}
 

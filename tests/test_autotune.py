@@ -60,7 +60,7 @@ def test_measure_call_costs_times_every_shape(tiny):
 
 def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, monkeypatch):
     """`generate -L auto` times the shapes the metadata can predict, then runs the best setting, or ar
-    (saying so) when no PaSS setting is predicted to beat it."""
+    (saying so) when no PaSS setting is predicted to beat it or its timed loop iterations are slower."""
     import json
 
     from pass_jax import lookahead
@@ -72,11 +72,32 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
                         lambda model, shapes, batch_size=1: {s: 1 + 0.01 * s[0] for s in {(1, 1), *shapes}})
     hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
     vectors = jax.random.normal(jax.random.key(0), (2, hidden)) * 0.02
-    for rates, expect in ((0.99, "-L auto: "), (0.0, "no PaSS setting is predicted to beat")):
+    timings = {}  # ms per loop iteration by setting (None: ar), a stand-in for the loop timer
+    monkeypatch.setattr(autotune, "iteration_ms", lambda model, sampling, setting=None, *args, **kwargs: timings[setting])
+    cases = ((0.99, 1.0, "x ar from timed loop iterations"), (0.99, 10.0, "timed loop iterations put"),
+             (0.0, 1.0, "no PaSS setting is predicted to beat"))
+    for rates, pass_ms, expect in cases:
+        timings.clear()
+        timings.update({None: 1.0, **{s: pass_ms for s in autotune.candidate_settings(2)}})
         acceptance = {str(k): [rates, rates] for k in (1, 2, 3, 4)}
-        path = tmp_path / f"la{rates}.npz"
+        path = tmp_path / f"la{rates}-{pass_ms}.npz"
         lookahead.save(path, vectors, {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
         code = main(["generate", "--model", str(hf_dir), "--lookahead", str(path), "-L", "auto", "--prompt", "the fox",
                      "--max-new-tokens", "4", "--json"])
         err = capsys.readouterr().err
         assert code == 0 and expect in err, err
+
+
+def test_iteration_ms_times_the_real_loop(make_hf_llama, tmp_path):
+    """The loop timer runs the real jitted decode of ar and of a PaSS setting on a loaded model."""
+    from pass_jax.loading import load_model
+    from pass_jax.sampling import SamplingConfig
+
+    model = load_model(str(make_hf_llama(tmp_path / "llama")[0]))
+    vectors = jax.random.normal(jax.random.key(0), (2, model.config.hidden_size)) * 0.02
+    ar = autotune.iteration_ms(model, SamplingConfig(), rounds=2)
+    tree = autotune.iteration_ms(model, SamplingConfig(), Setting(1, (2, 1)), vectors, rounds=2)
+    assert ar > 0 and tree > 0
+    prediction = {"tokens_per_call": 1.5}
+    ratio = autotune.timed_ratio(model, Setting(2, (1,)), prediction, vectors[:1], SamplingConfig())
+    assert ratio > 0

@@ -184,11 +184,16 @@ def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str], cos
         key = vectors if settings.lookahead == "default" else settings.lookahead
         chosen = settings.pass_settings()
         auto = auto_setting(model, settings, vectors, costs) if settings.auto and costs is not None else None
-        if auto is not None:
-            log(f"-L auto ({domain}): {auto[0].label()}, predicted {auto[1]['ratio_vs_ar']:.2f}x ar")
         for setting in chosen + ([auto[0]] if auto else []):
             if (setting, key) not in cache:
                 lookahead, source = resolve_lookahead(model, settings.lookahead, setting.num_lookahead, vectors)
+                if auto is not None and setting == auto[0]:  # what `generate -L auto` would conclude
+                    timed = autotune.timed_ratio(model, setting, auto[1], lookahead, settings.sampling,
+                                                 settings.batch_size)
+                    log(f"-L auto ({domain}): {setting.label()}, predicted {auto[1]['ratio_vs_ar']:.2f}x ar from "
+                        f"call costs, {timed:.2f}x from timed loop iterations"
+                        + ("" if timed > 1 and auto[1]["ratio_vs_ar"] > 1 else
+                           "; generate -L auto would decode with --mode ar (the auto row runs it anyway)"))
                 generator = Generator(model, mode="pass", num_lookahead=setting.num_lookahead, calls=setting.calls,
                                       draft_tree=() if setting.is_chain else setting.draft_tree,
                                       lookahead=lookahead, lookahead_source=source, **common)
