@@ -159,35 +159,43 @@ def choose(settings: Sequence[Setting], acceptance: dict[str, list[float]],
     return sorted(rows, key=lambda row: -row[1]["ratio_vs_ar"])
 
 
-def iteration_ms(model, sampling, setting: Setting | None = None, lookahead=None, batch_size: int = 1,
-                 new_tokens: int = 32, rounds: int = 3) -> float:
-    """Median wall milliseconds per iteration of the real jitted decode loop (ar: per token) on a fixed
-    prompt, after a warm-up: the calls plus what the call timer leaves out (sampling, the rejection
-    rule, tree bookkeeping, K/V moves), which made the call-cost prediction 5-30% optimistic on a
-    2-core CPU (docs/BENCHMARKS.md)."""
+def _loop_generator(model, sampling, setting: Setting | None, lookahead, batch_size: int, new_tokens: int):
     from .generate import Generator
 
     mode = {"mode": "ar"} if setting is None else {
         "mode": "pass", "num_lookahead": setting.num_lookahead, "calls": setting.calls, "lookahead": lookahead,
         "draft_tree": () if setting.is_chain else setting.draft_tree}
-    generator = Generator(model, max_new_tokens=new_tokens, sampling=sampling, batch_size=batch_size, **mode)
+    return Generator(model, max_new_tokens=new_tokens, sampling=sampling, batch_size=batch_size, **mode)
+
+
+def _ms_per_iteration(generator, prompt, seed: int, calls_per_iteration: int) -> float:
+    state, seconds = generator.generate_ids(prompt, seed=seed)
+    calls = int(state.stats.model_calls.max()) - 1  # the prefill counts as a call
+    return 1000 * seconds / max(calls / calls_per_iteration, 1)
+
+
+def timed_ratio(model, setting: Setting, prediction: dict[str, float], lookahead, sampling, batch_size: int = 1,
+                new_tokens: int = 64, rounds: int = 5) -> float:
+    """The setting's speed against ar: its predicted tokens per iteration over the ratio of the real jitted
+    decode loop's milliseconds per iteration (ar: per token), timed on a fixed prompt after a warm-up.
+    This counts what the call timer leaves out (sampling, the rejection rule, tree bookkeeping, K/V
+    moves). Rounds alternate which runs first; the result is the median of the per-round ratios."""
+    ar = _loop_generator(model, sampling, None, None, batch_size, new_tokens)
+    candidate = _loop_generator(model, sampling, setting, lookahead, batch_size, new_tokens)
     vocab = model.config.vocab_size
-    prompt = [[(7 * i + 3) % vocab for i in range(16)]] * batch_size
-    generator.generate_ids(prompt)  # compile and warm up
-    per_iteration = []
+    prompt = [[(7 * i + 3) % vocab for i in range(64)]] * batch_size
+    for generator in (ar, candidate):
+        generator.generate_ids(prompt)  # compile and warm up
+    tokens_per_iteration = prediction["tokens_per_call"] * setting.calls
+    ratios = []
     for seed in range(1, rounds + 1):
-        state, seconds = generator.generate_ids(prompt, seed=seed)
-        calls = int(state.stats.model_calls.max()) - 1  # the prefill counts as a call
-        per_iteration.append(1000 * seconds / max(calls / (setting.calls if setting else 1), 1))
-    return statistics.median(per_iteration)
-
-
-def timed_ratio(model, setting: Setting, prediction: dict[str, float], lookahead, sampling, batch_size: int = 1
-                ) -> float:
-    """The setting's speed against ar from timed loop iterations and its predicted tokens per iteration."""
-    ar_ms = iteration_ms(model, sampling, batch_size=batch_size)
-    pass_ms = iteration_ms(model, sampling, setting, lookahead, batch_size)
-    return prediction["tokens_per_call"] * setting.calls * ar_ms / pass_ms
+        first_ar = seed % 2 == 1
+        times = {}
+        for name in (("ar", "pass") if first_ar else ("pass", "ar")):
+            times[name] = (_ms_per_iteration(ar, prompt, seed, 1) if name == "ar"
+                           else _ms_per_iteration(candidate, prompt, seed, setting.calls))
+        ratios.append(tokens_per_iteration * times["ar"] / times["pass"])
+    return statistics.median(ratios)
 
 
 def autotune(model, metadata: dict[str, Any] | None, greedy: bool, max_lookahead: int = MAX_AUTO_L,

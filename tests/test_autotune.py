@@ -72,15 +72,14 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
                         lambda model, shapes, batch_size=1: {s: 1 + 0.01 * s[0] for s in {(1, 1), *shapes}})
     hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
     vectors = jax.random.normal(jax.random.key(0), (2, hidden)) * 0.02
-    timings = {}  # ms per loop iteration by setting (None: ar), a stand-in for the loop timer
-    monkeypatch.setattr(autotune, "iteration_ms", lambda model, sampling, setting=None, *args, **kwargs: timings[setting])
-    cases = ((0.99, 1.0, "x ar from timed loop iterations"), (0.99, 10.0, "timed loop iterations put"),
-             (0.0, 1.0, "no PaSS setting is predicted to beat"))
-    for rates, pass_ms, expect in cases:
-        timings.clear()
-        timings.update({None: 1.0, **{s: pass_ms for s in autotune.candidate_settings(2)}})
+    timed = []  # the loop timer's ratio against ar, a stand-in for the timer
+    monkeypatch.setattr(autotune, "timed_ratio", lambda *args, **kwargs: timed[0])
+    cases = ((0.99, 1.5, "x ar from timed loop iterations"), (0.99, 0.9, "timed loop iterations put"),
+             (0.0, 1.5, "no PaSS setting is predicted to beat"))
+    for rates, ratio, expect in cases:
+        timed[:] = [ratio]
         acceptance = {str(k): [rates, rates] for k in (1, 2, 3, 4)}
-        path = tmp_path / f"la{rates}-{pass_ms}.npz"
+        path = tmp_path / f"la{rates}-{ratio}.npz"
         lookahead.save(path, vectors, {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
         code = main(["generate", "--model", str(hf_dir), "--lookahead", str(path), "-L", "auto", "--prompt", "the fox",
                      "--max-new-tokens", "4", "--json"])
@@ -88,16 +87,14 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
         assert code == 0 and expect in err, err
 
 
-def test_iteration_ms_times_the_real_loop(make_hf_llama, tmp_path):
+def test_timed_ratio_runs_the_real_loops(make_hf_llama, tmp_path):
     """The loop timer runs the real jitted decode of ar and of a PaSS setting on a loaded model."""
     from pass_jax.loading import load_model
     from pass_jax.sampling import SamplingConfig
 
     model = load_model(str(make_hf_llama(tmp_path / "llama")[0]))
     vectors = jax.random.normal(jax.random.key(0), (2, model.config.hidden_size)) * 0.02
-    ar = autotune.iteration_ms(model, SamplingConfig(), rounds=2)
-    tree = autotune.iteration_ms(model, SamplingConfig(), Setting(1, (2, 1)), vectors, rounds=2)
-    assert ar > 0 and tree > 0
-    prediction = {"tokens_per_call": 1.5}
-    ratio = autotune.timed_ratio(model, Setting(2, (1,)), prediction, vectors[:1], SamplingConfig())
-    assert ratio > 0
+    for setting in (Setting(2, (1,)), Setting(1, (2, 1))):
+        ratio = autotune.timed_ratio(model, setting, {"tokens_per_call": 1.5}, vectors[:setting.num_lookahead],
+                                     SamplingConfig(), new_tokens=16, rounds=2)
+        assert 0 < ratio < float("inf")
