@@ -27,7 +27,7 @@ MIN_BUCKET = 16
 # A streamed decode is read back about this often (0: after every iteration). A read costs a
 # host-device sync and a launch, a fixed time that would be a large share of a fast decode step (an
 # accelerator's, or ar's) if every iteration were read; so the chunk grows until it takes this long.
-STREAM_INTERVAL_S = 0.1
+STREAM_INTERVAL_S = 0.2
 NO_STEP_LIMIT = np.iinfo(np.int32).max
 # The bundled SmolLM2-135M-Instruct (Q4_1) under its template's own system prompt answers "The capital
 # of France is" in broken French; under this one it answers it, and 9 of 12 short factual prompts

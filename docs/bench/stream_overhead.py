@@ -1,14 +1,15 @@
 """What streaming costs: tokens/s of one prompt streamed (the decode loop read back about every
 `--interval` seconds, its new text written and flushed; 0: after every loop iteration) against the
 same run unstreamed, in one process, rounds interleaved.
-Each round runs every setting once; the overhead is the median over rounds of a round's streamed
-tokens/s over its unstreamed tokens/s, so a load that drifts between rounds cancels.
+Each round runs every setting once, in an order rotated from round to round; the overhead is the
+median over rounds of a round's streamed tokens/s over its unstreamed tokens/s, so a load that
+drifts between rounds cancels.
 
 Both runs share one compilation (a chunk only caps the loop's iteration count, as data) and give the
 same tokens. The settings are `pass-jax generate`'s defaults (one call per iteration, draft tree 4,2,
 chat template) with greedy decoding. Usage:
 
-    .venv/bin/python docs/bench/stream_overhead.py --interval 0 --interval 0.1 --rounds 7
+    .venv/bin/python docs/bench/stream_overhead.py --interval 0.2 --rounds 12
 """
 from __future__ import annotations
 
@@ -49,8 +50,10 @@ def main() -> None:
 
     reference, _ = run(None)  # compiles
     speeds: dict = {interval: [] for interval in [None, *args.interval]}
-    for _ in range(args.rounds):
-        for interval in speeds:
+    settings = list(speeds)
+    for round_index in range(args.rounds):
+        shift = round_index % len(settings)  # rotate the order, so no setting always runs first
+        for interval in settings[shift:] + settings[:shift]:
             tokens, speed = run(interval)
             assert tokens == reference
             speeds[interval].append(speed)
