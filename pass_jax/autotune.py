@@ -189,12 +189,9 @@ def timed_ratio(model, setting: Setting, prediction: dict[str, float], lookahead
     tokens_per_iteration = prediction["tokens_per_call"] * setting.calls
     ratios = []
     for seed in range(1, rounds + 1):
-        first_ar = seed % 2 == 1
-        times = {}
-        for name in (("ar", "pass") if first_ar else ("pass", "ar")):
-            times[name] = (_ms_per_iteration(ar, prompt, seed, 1) if name == "ar"
-                           else _ms_per_iteration(candidate, prompt, seed, setting.calls))
-        ratios.append(tokens_per_iteration * times["ar"] / times["pass"])
+        runs = [(ar, 1), (candidate, setting.calls)][::1 if seed % 2 else -1]
+        ms = {id(generator): _ms_per_iteration(generator, prompt, seed, calls) for generator, calls in runs}
+        ratios.append(tokens_per_iteration * ms[id(ar)] / ms[id(candidate)])
     return statistics.median(ratios)
 
 
