@@ -187,19 +187,20 @@ def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str], cos
         for setting in chosen + ([auto[0]] if auto else []):
             if (setting, key) not in cache:
                 lookahead, source = resolve_lookahead(model, settings.lookahead, setting.num_lookahead, vectors)
-                if auto is not None and setting == auto[0]:  # what `generate -L auto` would conclude
-                    timed = autotune.timed_ratio(model, setting, auto[1], lookahead, settings.sampling,
-                                                 settings.batch_size)
-                    log(f"-L auto ({domain}): {setting.label()}, predicted {auto[1]['ratio_vs_ar']:.2f}x ar from "
-                        f"call costs, {timed:.2f}x from timed loop iterations"
-                        + ("" if timed > 1 and auto[1]["ratio_vs_ar"] > 1 else
-                           "; generate -L auto would decode with --mode ar (the auto row runs it anyway)"))
                 generator = Generator(model, mode="pass", num_lookahead=setting.num_lookahead, calls=setting.calls,
                                       draft_tree=() if setting.is_chain else setting.draft_tree,
                                       lookahead=lookahead, lookahead_source=source, **common)
                 cache[setting, key] = PassJaxMethod(generator, setting)
         rows = [cache[setting, key] for setting in chosen]
-        if auto:  # the auto row is its own method even when it repeats a listed setting
-            rows.append(PassJaxMethod(cache[auto[0], key].generator, auto[0], auto=True))
+        if auto:  # what `generate -L auto` would conclude; the auto row runs the setting either way
+            setting, prediction = auto
+            timed = autotune.timed_ratio(model, setting, prediction, cache[setting, key].generator.lookahead,
+                                         settings.sampling, settings.batch_size)
+            log(f"-L auto ({domain}): {setting.label()}, predicted {prediction['ratio_vs_ar']:.2f}x ar from call "
+                f"costs, {timed:.2f}x from timed loop iterations" + (
+                    "" if timed > 1 and prediction["ratio_vs_ar"] > 1 else
+                    "; generate -L auto would decode with --mode ar (the auto row runs it anyway)"))
+            # the auto row is its own method even when it repeats a listed setting
+            rows.append(PassJaxMethod(cache[setting, key].generator, setting, auto=True))
         methods[domain] = [ar] + rows
     return methods
