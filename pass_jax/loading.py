@@ -7,7 +7,7 @@ their shardings, so a 7B checkpoint never needs two full copies in host memory.
 """
 from __future__ import annotations
 
-from .errors import PassJaxError, root_reason
+from .errors import PassJaxError, quiet_abandoned_reads, root_reason
 
 import dataclasses
 import hashlib
@@ -545,7 +545,7 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
     shapes = param_shapes(config)
     shardings = param_shardings(config, mesh or make_mesh(), shapes)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    with ocp.StandardCheckpointer() as ckpt:
+    with ocp.StandardCheckpointer() as ckpt, quiet_abandoned_reads():
         try:
             params = ckpt.restore(path / "params", target)
         except Exception as err:  # Orbax and TensorStore raise ValueError, OSError, even a bare Exception

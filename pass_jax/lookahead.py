@@ -13,7 +13,7 @@ the kind, or as an Orbax checkpoint directory; trained parameters for the bundle
 """
 from __future__ import annotations
 
-from .errors import PassJaxError, root_reason
+from .errors import PassJaxError, quiet_abandoned_reads, root_reason
 
 import json
 import zipfile
@@ -204,7 +204,7 @@ def read(path: str | Path):
         import orbax.checkpoint as ocp
         item = path / "lookahead" if (path / "lookahead").exists() else path
         try:
-            with ocp.StandardCheckpointer() as ckpt:
+            with ocp.StandardCheckpointer() as ckpt, quiet_abandoned_reads():
                 lookahead = jax.tree.map(np.asarray, ckpt.restore(item)["lookahead"])
         except Exception as err:  # Orbax and TensorStore raise ValueError, OSError, even a bare Exception
             raise LookaheadError(f"{path}: not a look-ahead Orbax checkpoint ({root_reason(err)})") from None
