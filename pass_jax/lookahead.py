@@ -1,15 +1,19 @@
 """The look-ahead parameters of PaSS: the only trainable parameters, a pytree of their own.
 
-Two kinds, both lossless (the base model stays frozen and real tokens see exactly the base model;
+Three kinds, all lossless (the base model stays frozen and real tokens see exactly the base model;
 only the look-ahead slots change):
 - "vectors" (the paper): L input vectors, an array [L, d_emb] fed in place of token embeddings.
 - "deep": {"embeds": [L, d_emb], "layers": [num_layers, L, d_emb]}: the input vectors plus one
   vector per layer added to the residual stream before that layer, at look-ahead slots only.
   With zero `layers` it computes exactly what "vectors" does, so it can start from trained vectors.
+- "adapter": deep, plus low-rank adapters for the first La <= L steps, at look-ahead slots only:
+  x -> x + (x @ down) @ up on the normed input of each layer's attention and MLP, and on the final
+  hidden state before the LM head (`ADAPTER_LEAVES`; down [.., La, d_emb, r], up [.., La, r, d_emb]).
+  With zero `up` it computes exactly what its deep part does.
 
-Stored as a `.npz` file (`lookahead`, plus `layers` for "deep") with a JSON metadata file naming
-the kind, or as an Orbax checkpoint directory; trained parameters for the bundled model ship in
-`pass_jax/lookahead_weights/`.
+Stored as a `.npz` file (`lookahead`, plus `layers` for "deep", plus the adapter leaves) with a
+JSON metadata file naming the kind, or as an Orbax checkpoint directory; trained parameters for the
+bundled model ship in `pass_jax/lookahead_weights/`.
 """
 from __future__ import annotations
 
@@ -26,9 +30,15 @@ import numpy as np
 from .config import LlamaConfig
 from .defaults import DEFAULT_MODEL
 
-KINDS = ("vectors", "deep")
+KINDS = ("vectors", "deep", "adapter")
 LOOKAHEAD_AXES = ("lookahead", "embed")
 LAYER_AXES = ("layers", "lookahead", "embed")
+DEEP_KEYS = frozenset({"embeds", "layers"})
+# Per layer (attention input, MLP input) and once before the LM head; "down" [.., La, D, r], "up" [.., La, r, D].
+ADAPTER_LEAVES = ("attn_down", "attn_up", "mlp_down", "mlp_up", "head_down", "head_up")
+ADAPTER_AXES = {"attn_down": ("layers", "lookahead", "embed", "rank"), "attn_up": ("layers", "lookahead", "rank", "embed"),
+                "mlp_down": ("layers", "lookahead", "embed", "rank"), "mlp_up": ("layers", "lookahead", "rank", "embed"),
+                "head_down": ("lookahead", "embed", "rank"), "head_up": ("lookahead", "rank", "embed")}
 BUNDLED_DIR = Path(__file__).resolve().parent / "lookahead_weights"
 MAX_BUNDLED_L = 8
 
@@ -38,18 +48,37 @@ class LookaheadError(PassJaxError):
 
 
 def kind_of(lookahead) -> str:
-    """"vectors" for an array [L, d_emb], "deep" for {"embeds", "layers"}."""
+    """"vectors" for an array [L, d_emb], "deep" for {"embeds", "layers"}, "adapter" for those
+    plus `ADAPTER_LEAVES`."""
     if isinstance(lookahead, dict):
-        if set(lookahead) != {"embeds", "layers"}:
-            raise LookaheadError(f"look-ahead parameters with keys {sorted(lookahead)} are no known kind; "
-                                 "deep ones have 'embeds' and 'layers'")
-        return "deep"
+        if set(lookahead) == DEEP_KEYS:
+            return "deep"
+        if set(lookahead) == DEEP_KEYS | set(ADAPTER_LEAVES):
+            return "adapter"
+        raise LookaheadError(f"look-ahead parameters with keys {sorted(lookahead)} are no known kind; "
+                             f"deep ones have 'embeds' and 'layers', adapter ones also {', '.join(ADAPTER_LEAVES)}")
     return "vectors"
+
+
+def adapter_steps(lookahead) -> int:
+    """La: the number of leading steps that have adapters (0 unless the kind is "adapter")."""
+    return lookahead["head_down"].shape[0] if kind_of(lookahead) == "adapter" else 0
+
+
+def zero_adapters(num_layers: int, hidden: int, steps: int, rank: int, key, dtype=jnp.float32) -> dict:
+    """Adapters that change nothing yet: zero "up", small random "down" (so that "up" gets a gradient)."""
+    keys = jax.random.split(key, 3)
+    scale = 1.0 / np.sqrt(hidden)
+    down = lambda k, lead: (scale * jax.random.normal(k, lead + (steps, hidden, rank))).astype(dtype)  # noqa: E731
+    up = lambda lead: jnp.zeros(lead + (steps, rank, hidden), dtype)  # noqa: E731
+    return {"attn_down": down(keys[0], (num_layers,)), "attn_up": up((num_layers,)),
+            "mlp_down": down(keys[1], (num_layers,)), "mlp_up": up((num_layers,)),
+            "head_down": down(keys[2], ()), "head_up": up(())}
 
 
 def input_vectors(lookahead):
     """The [L, d_emb] vectors fed at the look-ahead slots, whatever the kind."""
-    return lookahead["embeds"] if kind_of(lookahead) == "deep" else lookahead
+    return lookahead["embeds"] if kind_of(lookahead) != "vectors" else lookahead
 
 
 def init_untrained(params, num_lookahead: int, key, noise: float = 0.01) -> jax.Array:
@@ -64,32 +93,48 @@ def init_random(config: LlamaConfig, num_lookahead: int, key, scale: float = 0.0
     return scale * jax.random.normal(key, (num_lookahead, config.hidden_size), config.jnp_param_dtype)
 
 
-def as_kind(lookahead, kind: str, num_layers: int):
-    """Convert to `kind`: vectors become deep with zero per-layer vectors (the same function);
-    deep becomes vectors only when its per-layer vectors are all zero."""
+def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, adapter_steps_: int | None = None,
+            key=None):
+    """Convert to `kind` without changing the function: vectors become deep with zero per-layer
+    vectors, deep becomes adapter with zero-output adapters (for `adapter_steps_` steps, default all,
+    of rank `adapter_rank`); back down only when the dropped parts are all zero."""
     if kind not in KINDS:
         raise LookaheadError(f"look-ahead kind must be one of {', '.join(KINDS)}, got {kind!r}")
     have = kind_of(lookahead)
     if have == kind:
         return lookahead
+    if have == "vectors":
+        lookahead = {"embeds": lookahead, "layers": jnp.zeros((num_layers,) + lookahead.shape, lookahead.dtype)}
+    if kind == "adapter":
+        embeds = lookahead["embeds"]
+        steps = embeds.shape[0] if adapter_steps_ is None else adapter_steps_
+        key = jax.random.key(0) if key is None else key
+        return {**lookahead, **zero_adapters(num_layers, embeds.shape[1], steps, adapter_rank, key, embeds.dtype)}
+    if have == "adapter":
+        if any(np.any(np.asarray(lookahead[name])) for name in ADAPTER_LEAVES if name.endswith("_up")):
+            raise LookaheadError(f"adapter look-ahead parameters have non-zero adapters: they cannot be used as {kind}")
+        lookahead = {name: lookahead[name] for name in DEEP_KEYS}
     if kind == "deep":
-        return {"embeds": lookahead, "layers": jnp.zeros((num_layers,) + lookahead.shape, lookahead.dtype)}
+        return lookahead
     if np.any(np.asarray(lookahead["layers"])):
         raise LookaheadError("deep look-ahead parameters have non-zero per-layer vectors: they cannot be used "
                              "as plain input vectors")
     return lookahead["embeds"]
 
 
-def init(kind: str, params, config: LlamaConfig, num_lookahead: int, key):
-    """Untrained parameters of a kind: mean embedding + noise, and zero per-layer vectors."""
-    return as_kind(init_untrained(params, num_lookahead, key), kind, config.num_layers)
+def init(kind: str, params, config: LlamaConfig, num_lookahead: int, key, adapter_rank: int = 8):
+    """Untrained parameters of a kind: mean embedding + noise, zero per-layer vectors, zero-output adapters."""
+    vectors_key, adapter_key = jax.random.split(key)
+    return as_kind(init_untrained(params, num_lookahead, vectors_key), kind, config.num_layers, adapter_rank,
+                   key=adapter_key)
 
 
 def logical_axes(lookahead):
     """The logical axis names of each leaf, as a pytree like `lookahead`."""
-    if kind_of(lookahead) == "deep":
-        return {"embeds": LOOKAHEAD_AXES, "layers": LAYER_AXES}
-    return LOOKAHEAD_AXES
+    kind = kind_of(lookahead)
+    if kind == "vectors":
+        return LOOKAHEAD_AXES
+    return {"embeds": LOOKAHEAD_AXES, "layers": LAYER_AXES, **(ADAPTER_AXES if kind == "adapter" else {})}
 
 
 def num_steps(lookahead) -> int:
@@ -102,9 +147,13 @@ def num_parameters(lookahead) -> int:
 
 def truncate(lookahead, num_lookahead: int):
     """The first `num_lookahead` steps (every leaf sliced on its "lookahead" axis)."""
-    if kind_of(lookahead) == "deep":
-        return {"embeds": lookahead["embeds"][:num_lookahead], "layers": lookahead["layers"][:, :num_lookahead]}
-    return lookahead[:num_lookahead]
+    kind = kind_of(lookahead)
+    if kind == "vectors":
+        return lookahead[:num_lookahead]
+    cut = {"embeds": lookahead["embeds"][:num_lookahead], "layers": lookahead["layers"][:, :num_lookahead]}
+    if kind == "adapter":
+        cut.update({name: lookahead[name][..., :num_lookahead, :, :] for name in ADAPTER_LEAVES})
+    return cut
 
 
 def check(lookahead, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead vectors"):
@@ -113,14 +162,29 @@ def check(lookahead, config: LlamaConfig, num_lookahead: int | None = None, wher
     if vectors.ndim != 2 or vectors.shape[1] != config.hidden_size:
         raise LookaheadError(f"{where} have shape {tuple(vectors.shape)}, but this model needs "
                              f"[L, {config.hidden_size}] (d_emb = {config.hidden_size})")
-    if kind_of(lookahead) == "deep":
+    if kind_of(lookahead) != "vectors":
         want = (config.num_layers,) + tuple(vectors.shape)
         if tuple(lookahead["layers"].shape) != want:
             raise LookaheadError(f"{where}: per-layer look-ahead vectors have shape "
                                  f"{tuple(lookahead['layers'].shape)}, but this model needs {list(want)}")
+    if kind_of(lookahead) == "adapter":
+        _check_adapters(lookahead, config, vectors.shape[0], where)
     if num_lookahead is not None and num_lookahead > vectors.shape[0]:
         raise LookaheadError(f"{where} hold {vectors.shape[0]} look-ahead steps; {num_lookahead} were asked for")
     return lookahead
+
+
+def _check_adapters(lookahead, config: LlamaConfig, num_l: int, where: str) -> None:
+    steps, hidden = adapter_steps(lookahead), config.hidden_size
+    rank = lookahead["head_down"].shape[-1] if lookahead["head_down"].ndim == 3 else None
+    for name in ADAPTER_LEAVES:
+        lead = () if name.startswith("head") else (config.num_layers,)
+        want = lead + ((steps, hidden, rank) if name.endswith("_down") else (steps, rank, hidden))
+        if rank is None or tuple(lookahead[name].shape) != want:
+            raise LookaheadError(f"{where}: adapter {name} has shape {tuple(lookahead[name].shape)}, but this model "
+                                 f"needs {list(want)} ([layers,] adapted steps, d_emb = {hidden}, rank)")
+    if steps > num_l:
+        raise LookaheadError(f"{where}: adapters for {steps} steps, but only {num_l} look-ahead steps")
 
 
 def prepare(lookahead, config: LlamaConfig, num_lookahead: int, where: str = "look-ahead parameters"):
@@ -130,7 +194,9 @@ def prepare(lookahead, config: LlamaConfig, num_lookahead: int, where: str = "lo
 
 def _npz_arrays(lookahead) -> dict[str, np.ndarray]:
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), lookahead)
-    return {"lookahead": host["embeds"], "layers": host["layers"]} if kind_of(lookahead) == "deep" else {"lookahead": host}
+    if kind_of(lookahead) == "vectors":
+        return {"lookahead": host}
+    return {"lookahead": host["embeds"], **{name: leaf for name, leaf in host.items() if name != "embeds"}}
 
 
 def save(path: str | Path, lookahead, metadata: dict | None = None) -> None:
@@ -198,8 +264,9 @@ def read(path: str | Path):
             raise LookaheadError(f"{path}: not a readable .npz file ({err})") from None
         if "lookahead" not in arrays:
             raise LookaheadError(f"{path} has no 'lookahead' array (found {list(arrays)})")
-        lookahead = ({"embeds": arrays["lookahead"], "layers": arrays["layers"]} if "layers" in arrays
-                     else arrays["lookahead"])
+        lookahead = ({"embeds": arrays["lookahead"], **{k: v for k, v in arrays.items() if k != "lookahead"}}
+                     if "layers" in arrays else arrays["lookahead"])
+        kind_of(lookahead)  # unknown arrays: one clear line
     else:
         import orbax.checkpoint as ocp
         item = path / "lookahead" if (path / "lookahead").exists() else path
@@ -229,9 +296,13 @@ def forward_inputs(lookahead, step_index) -> dict:
     def by_step(table):  # [..., L, D] -> [..., B, T, D]; row 0 (real tokens) is unused
         return jnp.take(jnp.concatenate([jnp.zeros_like(table[..., :1, :]), table], axis=-2), step_index, axis=-2)
 
+    kind = kind_of(lookahead)
     inputs = {"input_embeds": by_step(input_vectors(lookahead)), "embeds_mask": step_index > 0}
-    if kind_of(lookahead) == "deep":
+    if kind != "vectors":
         inputs["layer_embeds"] = by_step(lookahead["layers"])
+    if kind == "adapter":  # one-hot of the step over the adapted steps: zero at tokens and later steps
+        inputs["adapters"] = {name: lookahead[name] for name in ADAPTER_LEAVES}
+        inputs["adapter_select"] = jax.nn.one_hot(step_index - 1, adapter_steps(lookahead), dtype=jnp.float32)
     return inputs
 
 

@@ -125,15 +125,32 @@ class MLP(nn.Module):
         return (nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))) @ w_down.astype(dt)
 
 
+def adapt(x, down, up, select, where):
+    """Look-ahead adapters: x + (x @ down[s]) @ up[s] at the rows of `where`, s each row's adapted step.
+
+    x [B, T, D]; down [La, D, r], up [La, r, D]; select [B, T, La] one-hot (zero where no adapter);
+    where bool [B, T]. Every other row is returned bit for bit."""
+    low = jnp.einsum("btd,ldr->btlr", x, down.astype(x.dtype)) * select[..., None].astype(x.dtype)
+    return jnp.where(where[..., None], x + jnp.einsum("btlr,lrd->btd", low, up.astype(x.dtype)), x)
+
+
 class Block(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, inv_freq, layer_cache=None, write_index=None):
+    def __call__(self, x, positions, mask, inv_freq, layer_cache=None, write_index=None, adapter=None):
+        """adapter: None, or (this layer's look-ahead adapters {attn,mlp}_{down,up}, select, where) (`adapt`)."""
+        def normed(name, h):
+            h = RMSNorm(self.config, name=f"{name}_norm")(h)
+            if adapter is None:
+                return h
+            leaves, select, where = adapter
+            return adapt(h, leaves[f"{name}_down"], leaves[f"{name}_up"], select, where)
+
         h, new_cache = Attention(self.config, name="attention")(
-            RMSNorm(self.config, name="attn_norm")(x), positions, mask, inv_freq, layer_cache, write_index)
+            normed("attn", x), positions, mask, inv_freq, layer_cache, write_index)
         x = x + h
-        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
+        x = x + MLP(self.config, name="mlp")(normed("mlp", x))
         return x, new_cache
 
 
@@ -144,7 +161,8 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache: Cache | None = None, write_index=None,
-                 input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False, layer_embeds=None):
+                 input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False, layer_embeds=None,
+                 adapters=None, adapter_select=None):
         c = self.config
         embedding = _param(self, "embedding", (c.vocab_size, c.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, tokens, axis=0).astype(c.jnp_dtype)
@@ -156,10 +174,15 @@ class Llama(nn.Module):
         for i in range(c.num_layers):
             if layer_embeds is not None:  # deep look-ahead: added to the residual stream at embeds_mask slots only
                 x = jnp.where(embeds_mask[..., None], x + layer_embeds[i].astype(c.jnp_dtype), x)
+            adapter = None if adapters is None else (
+                {name: leaf[i] for name, leaf in adapters.items() if not name.startswith("head")},
+                adapter_select, embeds_mask)
             x, layer_cache = Block(c, name=f"layer_{i}")(
-                x, positions, mask, inv_freq, None if cache is None else cache[i], write_index)
+                x, positions, mask, inv_freq, None if cache is None else cache[i], write_index, adapter)
             new_cache.append(layer_cache)
         x = RMSNorm(c, name="final_norm")(x)
+        if adapters is not None:
+            x = adapt(x, adapters["head_down"], adapters["head_up"], adapter_select, embeds_mask)
         head = None if c.tie_embeddings else _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
         new_cache = None if cache is None else tuple(new_cache)
         if hidden_only:  # the caller projects the positions it needs with `lm_head`
@@ -189,7 +212,7 @@ def lm_head(params, config: LlamaConfig, hidden):
 
 def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache | None = None,
             write_index=None, input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False,
-            layer_embeds=None):
+            layer_embeds=None, adapters=None, adapter_select=None):
     """Pure forward pass.
 
     tokens: int [B, T]; positions: int [B, T] (RoPE positions); mask: bool [B, T, S] where S is the
@@ -199,9 +222,12 @@ def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache |
     or None); with hidden_only, (final hidden states [B, T, D], new cache) for `lm_head`.
     layer_embeds [num_layers, B, T, D] are added to the residual stream before each layer where
     `embeds_mask` is true (deep look-ahead parameters); other positions see the base model exactly.
+    adapters ({attn,mlp}_{down,up} [num_layers, La, ...], head_{down,up} [La, ...]) with
+    adapter_select [B, T, La] apply low-rank look-ahead adapters at `embeds_mask` slots (`adapt`).
     """
     return Llama(config).apply({"params": params}, tokens, positions, mask, cache, write_index,
-                               input_embeds, embeds_mask, logits_index, hidden_only, layer_embeds)
+                               input_embeds, embeds_mask, logits_index, hidden_only, layer_embeds, adapters,
+                               adapter_select)
 
 
 def _init_inputs():

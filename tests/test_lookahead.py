@@ -61,8 +61,9 @@ def test_deep_with_zero_layers_is_the_paper_vectors(tiny):
         lookahead_lib.as_kind(deep, "vectors", config.num_layers)
 
 
+@pytest.mark.parametrize("kind", ["deep", "adapter"])
 @pytest.mark.parametrize("variant", [dict(calls=2), dict(calls=1), dict(calls=2, draft_tree=(2, 1, 1))])
-def test_greedy_pass_with_deep_parameters_equals_ar(tiny, variant):
+def test_greedy_pass_with_deep_parameters_equals_ar(tiny, variant, kind):
     config, params = tiny
     prompts = np.array([[5, 17, 3, 9, 1, 0, 0, 0], [9, 1, 44, 2, 7, 100, 12, 8]], np.int32)
     lengths = jnp.array([5, 8], jnp.int32)
@@ -74,14 +75,43 @@ def test_greedy_pass_with_deep_parameters_equals_ar(tiny, variant):
 
     ar, _ = decode("ar", parameters("vectors", config, params))
     deep = parameters("deep", config, params, scale=0.5)
+    if kind == "adapter":  # adapters large enough to change which drafts are accepted
+        deep = lookahead_lib.as_kind(deep, kind, config.num_layers, 4, key=jax.random.key(3))
+        deep.update({name: 1.0 * jax.random.normal(jax.random.key(i), deep[name].shape)
+                     for i, name in enumerate(lookahead_lib.ADAPTER_LEAVES) if name.endswith("_up")})
     pss, stats = decode("pass", deep)
     for row, length in enumerate(np.asarray(lengths)):
         np.testing.assert_array_equal(pss[row, :length + 32], ar[row, :length + 32])
-    # the per-layer vectors reach the decoder's drafts: without them, acceptance differs
-    flat = {"embeds": deep["embeds"], "layers": jnp.zeros_like(deep["layers"])}
+    # the per-layer vectors (adapters) reach the decoder's drafts: without them, acceptance differs
+    flat = deep["embeds"] if kind == "deep" else {name: deep[name] for name in lookahead_lib.DEEP_KEYS}
     _, flat_stats = decode("pass", flat)
     assert not np.array_equal(stats.position_accepted, flat_stats.position_accepted) or not np.array_equal(
         stats.model_calls, flat_stats.model_calls)
+
+
+def test_adapters_are_lossless_at_zero_and_reach_only_their_steps(tiny):
+    """Zero "up" computes exactly the deep part; trained adapters of step 1 change [LA]_1's slot but not a
+    step-2 slot that cannot see it, nor the tokens; non-zero adapters cannot be dropped silently."""
+    config, params = tiny
+    deep = parameters("deep", config, params)
+    adapter = lookahead_lib.as_kind(deep, "adapter", config.num_layers, 4, 1, key=jax.random.key(2))
+    assert lookahead_lib.adapter_steps(adapter) == 1 and adapter["attn_down"].shape == (config.num_layers, 1, 64, 4)
+    ids, positions = jnp.array([[3, 9, 0, 0]]), jnp.array([[0, 1, 2, 2]])
+    steps = jnp.array([[0, 0, 1, 2]])
+    mask = jnp.array([[[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]], bool)  # step 2 does not see step 1
+    run = lambda la: forward(params, config, ids, positions, mask, **lookahead_lib.forward_inputs(la, steps))[0]  # noqa: E731
+    np.testing.assert_allclose(run(adapter), run(deep), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(lookahead_lib.as_kind(adapter, "deep", config.num_layers)["layers"], deep["layers"])
+    trained = {**adapter, **{name: adapter[name] + 0.3 for name in lookahead_lib.ADAPTER_LEAVES if name.endswith("_up")}}
+    a, b = run(trained), run(deep)
+    np.testing.assert_array_equal(a[:, :2], b[:, :2])
+    np.testing.assert_allclose(a[:, 3], b[:, 3], rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(a[:, 2] - b[:, 2]).max()) > 1e-3
+    with pytest.raises(lookahead_lib.LookaheadError, match="non-zero adapters"):
+        lookahead_lib.as_kind(trained, "deep", config.num_layers)
+    bad = {**trained, "head_up": trained["head_up"][..., :3, :]}
+    with pytest.raises(lookahead_lib.LookaheadError, match="adapter head_up has shape"):
+        lookahead_lib.check(bad, config)
 
 
 @pytest.mark.parametrize("kind", lookahead_lib.KINDS)
@@ -110,7 +140,7 @@ def test_bad_parameters_give_one_line_errors(tiny, tmp_path):
         lookahead_lib.load(tmp_path / "short.npz", config)
     with pytest.raises(lookahead_lib.LookaheadError, match="no known kind"):
         lookahead_lib.kind_of({"embeds": deep["embeds"]})
-    with pytest.raises(lookahead_lib.LookaheadError, match="kind must be one of vectors, deep"):
+    with pytest.raises(lookahead_lib.LookaheadError, match="kind must be one of vectors, deep, adapter"):
         lookahead_lib.as_kind(deep, "lora", config.num_layers)
 
 

@@ -324,7 +324,7 @@ def test_unknown_config_key_is_named(capsys):
 @pytest.mark.parametrize("override, message", [
     ("train.steps=ten", "train.steps must be int"),
     ("train.loss=mse", "train.loss must be one of ce, kl, tv, accept"),
-    ("train.kind=lora", "train.kind must be one of vectors, deep"),
+    ("train.kind=lora", "train.kind must be one of vectors, deep, adapter"),
     ("train.prefix=masked train.targets=self", "train.targets=self needs train.prefix=cached"),
     ("train.anchors_per_seq=100", "exceeds the 59 anchors"),
     ("nosuch.key=1", "unknown config key(s) nosuch"),
@@ -412,3 +412,24 @@ def test_splice_keeps_the_heads_steps_and_the_tails_later_ones(params, tmp_path)
     spliced_logits, _ = losses.lookahead_logits(out, params, CONFIG, tokens, anchors)
     head_logits, _ = losses.lookahead_logits(jax.tree.map(jnp.asarray, head), params, CONFIG, tokens, anchors)
     np.testing.assert_allclose(spliced_logits[:, :, :2], head_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_splice_keeps_an_adapter_heads_adapters(params, tmp_path):
+    """An adapter head (L=2) spliced onto a deep tail keeps its adapters; [LA]_1 and [LA]_2 draft exactly as
+    the head alone, and a tail with adapters beyond the head's steps is refused."""
+    from pass_jax.train import splice
+
+    head = lookahead_lib.init("adapter", params, CONFIG, 2, jax.random.key(4))
+    head = jax.tree.map(lambda x: np.asarray(x + 0.2 * jax.random.normal(jax.random.key(6), x.shape)), head)
+    tail = jax.tree.map(np.asarray, lookahead_lib.init("deep", params, CONFIG, L, jax.random.key(5)))
+    out = splice.splice(head, tail)
+    assert lookahead_lib.kind_of(out) == "adapter" and lookahead_lib.adapter_steps(out) == 2
+    assert lookahead_lib.num_steps(out) == L
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, CONFIG.vocab_size, (1, SEQ_LEN)), jnp.int32)
+    anchors = jnp.asarray([[5, 17]], jnp.int32)
+    spliced_logits, _ = losses.lookahead_logits(jax.tree.map(jnp.asarray, out), params, CONFIG, tokens, anchors)
+    head_logits, _ = losses.lookahead_logits(jax.tree.map(jnp.asarray, head), params, CONFIG, tokens, anchors)
+    np.testing.assert_allclose(spliced_logits[:, :, :2], head_logits, rtol=1e-5, atol=1e-5)
+    wide = jax.tree.map(np.asarray, lookahead_lib.as_kind(tail, "adapter", CONFIG.num_layers, 4))
+    with pytest.raises(ValueError, match="the tail has adapters on 4 steps"):
+        splice.splice(head, wide)

@@ -19,7 +19,8 @@ EPILOG = f"""config keys (override any with KEY=VALUE; values are JSON, else str
   data.seq_len, data.max_documents, data.max_tokens, data.eval_max_tokens, data.add_bos,
   data.data_dir, data.cache_dir (TFDS data dir; the offline corpora cache)
   train.num_lookahead  look-ahead steps L      train.anchors_per_seq  anchors per sequence
-  train.kind     vectors (paper: L input vectors) | deep (plus one vector per layer and step)
+  train.kind     vectors (paper: L input vectors) | deep (plus one vector per layer and step) |
+                 adapter (deep plus low-rank adapters at look-ahead slots; train.adapter_rank, default 8)
   train.loss     ce (paper: cross-entropy on the continuation) | kl | tv | accept (distil the
                  decode's processed p: KL, total variation, or the exact acceptance sum min(p, q))
   train.targets  data (the corpus continuation) | self (the model's own sampled continuation)

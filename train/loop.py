@@ -85,8 +85,8 @@ class DataSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
-    """num_lookahead: L; kind: vectors (the paper) | deep (per-layer vectors too, see
-    pass_jax.lookahead); batch_size: global rows per step; anchors_per_seq: look-ahead groups per
+    """num_lookahead: L; kind: vectors (the paper) | deep (per-layer vectors too) | adapter (deep plus
+    low-rank adapters of rank adapter_rank at look-ahead slots, see pass_jax.lookahead); batch_size: global rows per step; anchors_per_seq: look-ahead groups per
     row; loss: ce | kl | tv | accept, targets: data | self, temperature/top_k: the decode's sampling
     that kl/tv/accept distil (see pass_jax.train.losses); prefix: cached (one no-gradient pass over the
     tokens) | masked (the reference: one masked forward and backward over tokens and groups);
@@ -97,6 +97,7 @@ class TrainSection:
 
     num_lookahead: int = 8
     kind: str = "vectors"
+    adapter_rank: int = 8
     batch_size: int = 8
     steps: int = 1000
     lr: float = 1e-3
@@ -153,7 +154,7 @@ class RunConfig:
 
 
 _AT_LEAST_ONE = ("seq_len", "max_documents", "max_tokens", "eval_max_tokens", "num_lookahead", "batch_size",
-                 "steps", "anchors_per_seq", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep",
+                 "steps", "anchors_per_seq", "adapter_rank", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep",
                  "top_k")
 _POSITIVE = ("lr", "clip", "temperature")
 _NON_NEGATIVE = ("warmup", "weight_decay")
@@ -283,14 +284,15 @@ def init_state(model: LoadedModel, t: TrainSection, mesh) -> dict:
     sharded across hosts."""
     start = None
     if t.init:
-        loaded = lookahead_lib.as_kind(lookahead_lib.load(t.init, model.config), t.kind, model.config.num_layers)
+        loaded = lookahead_lib.as_kind(lookahead_lib.load(t.init, model.config), t.kind, model.config.num_layers,
+                                       t.adapter_rank, key=_keys(t.seed)[0])
         start = jax.tree.map(lambda x: np.asarray(x, np.float32),
                              lookahead_lib.prepare(loaded, model.config, t.num_lookahead, f"train.init={t.init}"))
 
     def init(embedding):
         if start is None:
             lookahead = lookahead_lib.init(t.kind, {"embedding": embedding}, model.config, t.num_lookahead,
-                                           _keys(t.seed)[0])
+                                           _keys(t.seed)[0], t.adapter_rank)
         else:
             lookahead = jax.tree.map(jnp.asarray, start)
         lookahead = jax.tree.map(lambda x: x.astype(jnp.float32), lookahead)

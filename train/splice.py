@@ -6,7 +6,9 @@
 A run that trains [LA]_1..[LA]_h only (train.num_lookahead=h) spends all its compute on the
 positions that are accepted most often; the decode still wants up to 8 steps. The result holds the
 head's h steps, then the tail's steps h+1..L (L = the tail's length). If either is "deep", the
-result is deep, the vectors-kind part with zero per-layer vectors (the same function).
+result is deep, the vectors-kind part with zero per-layer vectors (the same function); a head of the
+"adapter" kind keeps its adapters (they cover its own steps only). A tail's adapters on steps after
+the head's would be lost, so such a tail is refused.
 
 Slot i attends to slots 1..i-1, so the tail's steps now see other earlier slots than they were
 trained with: their acceptance must be measured again (`pass-jax train eval`), never assumed.
@@ -22,19 +24,28 @@ import numpy as np
 
 
 def splice(head, tail):
-    """Host arrays: head's steps, then tail's later steps; deep if either is."""
+    """Host arrays: head's steps, then tail's later steps; deep if either is deep, adapter if the head is."""
     from pass_jax import lookahead as lookahead_lib
 
     kinds = {lookahead_lib.kind_of(head), lookahead_lib.kind_of(tail)}
     h, total = lookahead_lib.num_steps(head), lookahead_lib.num_steps(tail)
     if h >= total:
         raise ValueError(f"the head holds {h} steps, the tail {total}: nothing to splice")
-    if "deep" not in kinds:
+    if lookahead_lib.adapter_steps(tail) > h:
+        raise ValueError(f"the tail has adapters on {lookahead_lib.adapter_steps(tail)} steps; those after the "
+                         f"head's {h} would be lost")
+    if kinds == {"vectors"}:
         return np.concatenate([np.asarray(head), np.asarray(tail)[h:]])
-    layers = next(x["layers"].shape[0] for x in (head, tail) if lookahead_lib.kind_of(x) == "deep")
-    head, tail = (lookahead_lib.as_kind(x, "deep", layers) for x in (head, tail))
-    return {"embeds": np.concatenate([np.asarray(head["embeds"]), np.asarray(tail["embeds"])[h:]]),
-            "layers": np.concatenate([np.asarray(head["layers"]), np.asarray(tail["layers"])[:, h:]], axis=1)}
+    layers = next(x["layers"].shape[0] for x in (head, tail) if lookahead_lib.kind_of(x) != "vectors")
+    head_deep, tail_deep = ({name: np.asarray(x[name]) for name in lookahead_lib.DEEP_KEYS}
+                            if lookahead_lib.kind_of(x) != "vectors" else lookahead_lib.as_kind(x, "deep", layers)
+                            for x in (head, tail))
+    result = {"embeds": np.concatenate([np.asarray(head_deep["embeds"]), np.asarray(tail_deep["embeds"])[h:]]),
+              "layers": np.concatenate([np.asarray(head_deep["layers"]), np.asarray(tail_deep["layers"])[:, h:]],
+                                       axis=1)}
+    if lookahead_lib.kind_of(head) == "adapter":
+        result.update({name: np.asarray(head[name]) for name in lookahead_lib.ADAPTER_LEAVES})
+    return result
 
 
 def main(argv=None) -> int:
