@@ -280,15 +280,15 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_run(params, mesh, tmp_pa
 
 def test_sigkilled_run_resumes_to_the_same_parameters(tmp_path):
     """A real `pass-jax train` process killed with SIGKILL after a checkpoint, then --resume: the
-    exported parameters equal an uninterrupted run's (deep kind, self-distillation, so the sampled
-    continuations must be reproduced too)."""
+    exported parameters equal an uninterrupted run's (adapter kind: input, per-layer and adapter
+    parameters; self-distillation, so the sampled continuations must be reproduced too)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(8):
         (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * 30)
     env = {**os.environ, "PASS_JAX_CACHE": str(tmp_path / "cache")}
     common = [sys.executable, "-m", "pass_jax.train", "--config", "tiny_overfit", f"data.source={corpus}",
-              "data.max_documents=null", "train.kind=deep", "train.targets=self", "train.loss=kl", "train.steps=200",
+              "data.max_documents=null", "train.kind=adapter", "train.targets=self", "train.loss=kl", "train.steps=200",
               "train.checkpoint_every=10", "train.eval_every=1000", "train.eval_batches=1", "train.eval_sequences=0",
               "train.eval_anchors_per_seq=0"]
     subprocess.run(common + [f"output.dir={tmp_path / 'whole'}"], env=env, check=True, capture_output=True)
@@ -308,7 +308,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tmp_path):
     assert first_steps[0] == 1 and first_steps[1] > 10  # the second process started from a checkpoint
 
     with np.load(tmp_path / "whole" / "lookahead.npz") as whole, np.load(killed / "lookahead.npz") as resumed:
-        assert sorted(whole) == sorted(resumed) == ["layers", "lookahead"]
+        assert sorted(whole) == sorted(resumed) == sorted(["layers", "lookahead", *lookahead_lib.ADAPTER_LEAVES])
+        assert np.any(whole["attn_up"])  # the adapters trained
         for name in whole:
             np.testing.assert_array_equal(resumed[name], whole[name])
 

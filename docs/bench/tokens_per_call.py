@@ -31,18 +31,21 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True, type=parse_variant)
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--lookahead", default="default",
+                        help="--lookahead of generate; {domain} is replaced by the domain (default: the shipped ones)")
     args = parser.parse_args()
     model = load_model("smollm2-135m")
     for domain in args.domain:
         prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
         for name in args.sampling:
             for variant in args.variant:
-                vectors, source = resolve_lookahead(model, "default", variant["num_lookahead"], domain=domain)
+                vectors, source = resolve_lookahead(model, args.lookahead.format(domain=domain), variant["num_lookahead"],
+                                                       domain=domain)
                 generator = Generator(model, mode="pass", lookahead=vectors, lookahead_source=source,
                                       max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
                                       sampling=PAPER if name == "paper" else GREEDY, **variant)
                 _, summary = generator.generate(prompts, seed=0)
-                print(json.dumps({"domain": domain, "sampling": name, **variant,
+                print(json.dumps({"domain": domain, "sampling": name, "lookahead": source, **variant,
                                   "width": generator.spec.width, "tokens_per_call": summary["tokens_per_call"],
                                   "position_acceptance": summary["position_acceptance"],
                                   "model_calls": summary["model_calls"], "new_tokens": summary["new_tokens"]}),
