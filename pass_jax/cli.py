@@ -97,7 +97,10 @@ def cmd_generate(args) -> int:
     model = load_model(args.model)
     load_s = time.perf_counter() - start
     if args.mode == "pass" and args.num_lookahead == "auto":
-        chosen = auto_pass_settings(model, args.lookahead, sampling, args.batch_size)
+        # the loop check decodes the first prompt as this command will (chat template included)
+        first_ids = Generator(model, mode="ar", max_new_tokens=args.max_new_tokens, sampling=sampling,
+                              chat="auto" if args.chat is None else args.chat, system=args.system).encode(prompts[0])
+        chosen = auto_pass_settings(model, args.lookahead, sampling, args.batch_size, first_ids)
         if chosen is None:
             args.mode = "ar"
         else:
@@ -157,7 +160,7 @@ def add_pass_args(parser: argparse.ArgumentParser, auto: bool = True) -> None:
     group.add_argument("--num-lookahead", "-L", default=None, metavar="N" + ("|auto" if auto else ""),
                        help="look-ahead steps L: a chain of L drafts (default: the depth of --draft-tree)"
                             + ("; auto times this machine's decode calls and picks the (calls, L, tree) its "
-                               "vectors' measured acceptance predicts fastest, times that setting's decode loop against ar's, "
+                               "vectors' measured acceptance predicts fastest, times that setting's decode loop against ar's on your first prompt, "
                                "and decodes with the faster (saying so when it is ar)" if auto else ""))
     group.add_argument("--calls", type=int, choices=(1, 2), default=DEFAULT_CALLS,
                        help="model calls per iteration: 2 = the paper (a drafting call, then a validation call; "
@@ -191,9 +194,9 @@ def pass_settings_from_args(args) -> dict:
     return {"num_lookahead": num_l, "calls": args.calls, "draft_tree": tree}
 
 
-def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict | None:
-    """`-L auto`: the best setting predicted from call costs, confirmed by timing its decode loop against ar's,
-    or None (with a note) when ar is faster by either measure."""
+def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_ids=None) -> dict | None:
+    """`-L auto`: the best setting predicted from call costs, confirmed by timing its decode loop against ar's
+    on the user's prompt (`prompt_ids`), or None (with a note) when ar is faster by either measure."""
     from . import autotune
     from . import lookahead as lookahead_lib
     from .generate import resolve_lookahead
@@ -207,13 +210,13 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int) -> dict
             f"{prediction['ratio_vs_ar']:.2f}x ar); decoding with --mode ar")
         return None
     log(f"-L auto: {best.label()}, {prediction['tokens_per_call']:.2f} tokens per call, predicted "
-        f"{prediction['ratio_vs_ar']:.2f}x ar from call costs; timing its decode loop against ar's ...")
+        f"{prediction['ratio_vs_ar']:.2f}x ar from call costs; timing its decode loop against ar's on your prompt ...")
     vectors, _ = resolve_lookahead(model, lookahead, best.num_lookahead)
-    timed = autotune.timed_ratio(model, best, prediction, vectors, sampling, batch_size)
+    timed = autotune.timed_ratio(model, best, vectors, sampling, batch_size, prompt_ids=prompt_ids)
     if timed <= 1.0:
-        log(f"-L auto: timed loop iterations put {best.label()} at {timed:.2f}x ar; decoding with --mode ar")
+        log(f"-L auto: the timed decode loops put {best.label()} at {timed:.2f}x ar; decoding with --mode ar")
         return None
-    log(f"-L auto: {best.label()}, {timed:.2f}x ar from timed loop iterations")
+    log(f"-L auto: {best.label()}, {timed:.2f}x ar from the timed decode loops")
     tree = () if best.is_chain else best.draft_tree
     return {"num_lookahead": best.num_lookahead, "calls": best.calls, "draft_tree": tree}
 

@@ -72,9 +72,10 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
                         lambda model, shapes, batch_size=1: {s: 1 + 0.01 * s[0] for s in {(1, 1), *shapes}})
     hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
     vectors = jax.random.normal(jax.random.key(0), (2, hidden)) * 0.02
-    timed = []  # the loop timer's ratio against ar, a stand-in for the timer
-    monkeypatch.setattr(autotune, "timed_ratio", lambda *args, **kwargs: timed[0])
-    cases = ((0.99, 1.5, "x ar from timed loop iterations"), (0.99, 0.9, "timed loop iterations put"),
+    timed, prompts_seen = [], []  # the loop timer's ratio against ar (a stand-in for the timer), its prompts
+    monkeypatch.setattr(autotune, "timed_ratio",
+                        lambda *args, prompt_ids=None, **kwargs: prompts_seen.append(prompt_ids) or timed[0])
+    cases = ((0.99, 1.5, "x ar from the timed decode loops"), (0.99, 0.9, "the timed decode loops put"),
              (0.0, 1.5, "no PaSS setting is predicted to beat"))
     for rates, ratio, expect in cases:
         timed[:] = [ratio]
@@ -85,6 +86,9 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
                      "--max-new-tokens", "4", "--json"])
         err = capsys.readouterr().err
         assert code == 0 and expect in err, err
+    # the loop check decodes the user's own prompt (here raw: the tiny model has no chat template)
+    from pass_jax.loading import load_model
+    assert prompts_seen and prompts_seen[0] == list(load_model(str(hf_dir)).tokenizer("the fox")["input_ids"])
 
 
 def test_timed_ratio_runs_the_real_loops(make_hf_llama, tmp_path):
@@ -95,6 +99,6 @@ def test_timed_ratio_runs_the_real_loops(make_hf_llama, tmp_path):
     model = load_model(str(make_hf_llama(tmp_path / "llama")[0]))
     vectors = jax.random.normal(jax.random.key(0), (2, model.config.hidden_size)) * 0.02
     for setting in (Setting(2, (1,)), Setting(1, (2, 1))):
-        ratio = autotune.timed_ratio(model, setting, {"tokens_per_call": 1.5}, vectors[:setting.num_lookahead],
-                                     SamplingConfig(), new_tokens=16, rounds=2)
+        ratio = autotune.timed_ratio(model, setting, vectors[:setting.num_lookahead], SamplingConfig(),
+                                     new_tokens=16, rounds=2, prompt_ids=[5, 9, 2, 7])
         assert 0 < ratio < float("inf")

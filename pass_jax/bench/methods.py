@@ -169,16 +169,16 @@ def auto_setting(model, settings: BenchSettings, vectors: str, costs: dict) -> t
     return autotune.choose(candidates, table, autotune.relative(costs))[0]
 
 
-def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str], costs: dict | None = None
+def pass_jax_methods(model, settings: BenchSettings, prompts: dict[str, list[str]], costs: dict | None = None
                      ) -> dict[str, list[PassJaxMethod]]:
-    """AR plus PaSS for each setting (and the `-L auto` choice), per domain; generators with the same
-    vectors are shared across domains."""
+    """AR plus PaSS for each setting (and the `-L auto` choice, whose loop check runs on the domain's
+    first prompt), per domain of `prompts`; generators with the same vectors are shared across domains."""
     common = dict(max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
                   batch_size=settings.batch_size)
     ar = PassJaxMethod(Generator(model, mode="ar", **common), None)
     cache: dict[tuple[Setting, str], PassJaxMethod] = {}
     methods = {}
-    for domain in domains:
+    for domain in prompts:
         # `--lookahead default` means the shipped vectors trained on the prompts' domain
         vectors = "code" if domain == "code" else "text"
         key = vectors if settings.lookahead == "default" else settings.lookahead
@@ -194,10 +194,11 @@ def pass_jax_methods(model, settings: BenchSettings, domains: Sequence[str], cos
         rows = [cache[setting, key] for setting in chosen]
         if auto:  # what `generate -L auto` would conclude; the auto row runs the setting either way
             setting, prediction = auto
-            timed = autotune.timed_ratio(model, setting, prediction, cache[setting, key].generator.lookahead,
-                                         settings.sampling, settings.batch_size)
+            generator = cache[setting, key].generator
+            timed = autotune.timed_ratio(model, setting, generator.lookahead, settings.sampling, settings.batch_size,
+                                         prompt_ids=generator.encode(prompts[domain][0]))
             log(f"-L auto ({domain}): {setting.label()}, predicted {prediction['ratio_vs_ar']:.2f}x ar from call "
-                f"costs, {timed:.2f}x from timed loop iterations" + (
+                f"costs, {timed:.2f}x from the timed decode loops on the first prompt" + (
                     "" if timed > 1 and prediction["ratio_vs_ar"] > 1 else
                     "; generate -L auto would decode with --mode ar (the auto row runs it anyway)"))
             # the auto row is its own method even when it repeats a listed setting

@@ -29,7 +29,7 @@ def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, 
     if settings.call_costs or settings.auto:  # time one decode call per shape first: `-L auto` needs them
         shapes = {shape for setting in settings.pass_settings() for shape in setting.call_shapes()}
         costs = autotune.measure_call_costs(model, shapes, settings.batch_size)
-    by_domain = pass_jax_methods(model, settings, list(prompts), costs)
+    by_domain = pass_jax_methods(model, settings, prompts, costs)
     if settings.transformers:
         reason = transformers_unavailable_reason()
         if reason is None:
