@@ -160,8 +160,9 @@ def add_pass_args(parser: argparse.ArgumentParser, auto: bool = True) -> None:
     group.add_argument("--num-lookahead", "-L", default=None, metavar="N" + ("|auto" if auto else ""),
                        help="look-ahead steps L: a chain of L drafts (default: the depth of --draft-tree)"
                             + ("; auto times this machine's decode calls and picks the (calls, L, tree) its "
-                               "vectors' measured acceptance predicts fastest, times that setting's decode loop against ar's on your first prompt, "
-                               "and decodes with the faster (saying so when it is ar)" if auto else ""))
+                               "vectors' measured acceptance predicts fastest, times that setting's decode loop against "
+                               "ar's on your first prompt, and decodes with the faster (saying so when it is ar)"
+                               if auto else ""))
     group.add_argument("--calls", type=int, choices=(1, 2), default=DEFAULT_CALLS,
                        help="model calls per iteration: 2 = the paper (a drafting call, then a validation call; "
                             "A+2 tokens per iteration), 1 = validate and draft in one wider call (A+1 tokens per "
