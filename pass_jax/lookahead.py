@@ -93,10 +93,10 @@ def init_random(config: LlamaConfig, num_lookahead: int, key, scale: float = 0.0
     return scale * jax.random.normal(key, (num_lookahead, config.hidden_size), config.jnp_param_dtype)
 
 
-def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, adapter_steps_: int | None = None,
+def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, num_adapted: int | None = None,
             key=None):
     """Convert to `kind` without changing the function: vectors become deep with zero per-layer
-    vectors, deep becomes adapter with zero-output adapters (for `adapter_steps_` steps, default all,
+    vectors, deep becomes adapter with zero-output adapters (for `num_adapted` steps, default all,
     of rank `adapter_rank`); back down only when the dropped parts are all zero."""
     if kind not in KINDS:
         raise LookaheadError(f"look-ahead kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -107,7 +107,7 @@ def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, adapte
         lookahead = {"embeds": lookahead, "layers": jnp.zeros((num_layers,) + lookahead.shape, lookahead.dtype)}
     if kind == "adapter":
         embeds = lookahead["embeds"]
-        steps = embeds.shape[0] if adapter_steps_ is None else adapter_steps_
+        steps = embeds.shape[0] if num_adapted is None else num_adapted
         key = jax.random.key(0) if key is None else key
         return {**lookahead, **zero_adapters(num_layers, embeds.shape[1], steps, adapter_rank, key, embeds.dtype)}
     if have == "adapter":
