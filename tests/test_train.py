@@ -220,6 +220,18 @@ def test_train_step_changes_only_the_lookahead_vectors(params, mesh, tmp_path):
     assert int(state["step"]) == 1 and metrics["acc"].shape == (L,) and np.isfinite(float(metrics["loss"]))
 
 
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA:CPU's lowering of top_k")
+@pytest.mark.parametrize("targets", losses.TARGETS)
+def test_train_step_never_sorts_the_vocabulary(params, mesh, tmp_path, targets):
+    """Every top-k of a step must stay XLA:CPU's TopK call: a [B, G, L, V] top_k of the data targets
+    was once rewritten into a full sort of the vocabulary, which doubled the step's time."""
+    t = run_config(tmp_path, loss="kl", targets=targets).train
+    state = loop.init_state(tiny_model(params), t, mesh)
+    hlo = loop.make_train_step(CONFIG, t).lower(params, state, jnp.zeros((4, SEQ_LEN), jnp.int32)).compile().as_text()
+    vocab_sorts = [line for line in hlo.splitlines() if " sort(" in line and f",{CONFIG.vocab_size}]" in line]
+    assert not vocab_sorts, vocab_sorts[0][:200]
+    assert '"TopK"' in hlo
 def test_tiny_model_overfits_a_periodic_corpus(params, mesh, tmp_path):
     # Init-scale weights (std 0.02) bound the logits too tightly to fit anything; std 0.2 does not.
     sharp = jax.tree.map(lambda w: 10 * w if w.ndim == 2 else w, params)

@@ -53,5 +53,8 @@ def sparse_probs(logits, sampling: SamplingConfig):
     """The processed distribution (temperature, top-k) as (probs [..., k], token ids [..., k]),
     most likely first; `pass_jax.sampling.probabilities` is its dense form (top-p is not supported)."""
     k = min(sampling.top_k or logits.shape[-1], logits.shape[-1])
-    values, index = lax.top_k(logits.astype(jnp.float32), k)
+    # As rows of a 2-D array: XLA:CPU rewrote a [B, G, L, V] top_k of the data targets into a full
+    # sort of the vocabulary (5 s a training step), while the 2-D one stays its fast TopK call.
+    values, index = lax.top_k(logits.astype(jnp.float32).reshape(-1, logits.shape[-1]), k)
+    values, index = values.reshape(logits.shape[:-1] + (k,)), index.reshape(logits.shape[:-1] + (k,))
     return jax.nn.softmax(values / sampling.temperature, axis=-1), index.astype(jnp.int32)
