@@ -97,10 +97,13 @@ def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, num_ad
             key=None):
     """Convert to `kind` without changing the function: vectors become deep with zero per-layer
     vectors, deep becomes adapter with zero-output adapters (for `num_adapted` steps, default all,
-    of rank `adapter_rank`); back down only when the dropped parts are all zero."""
+    of rank `adapter_rank`); back down only when the dropped parts are all zero. Adapters of a lower
+    rank grow to `adapter_rank` with zero-output columns; a lower `adapter_rank` is refused."""
     if kind not in KINDS:
         raise LookaheadError(f"look-ahead kind must be one of {', '.join(KINDS)}, got {kind!r}")
     have = kind_of(lookahead)
+    if have == kind == "adapter":
+        return _grow_rank(lookahead, adapter_rank, num_layers, key)
     if have == kind:
         return lookahead
     if have == "vectors":
@@ -120,6 +123,21 @@ def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, num_ad
         raise LookaheadError("deep look-ahead parameters have non-zero per-layer vectors: they cannot be used "
                              "as plain input vectors")
     return lookahead["embeds"]
+
+
+def _grow_rank(lookahead, rank: int, num_layers: int, key):
+    have = lookahead["head_down"].shape[-1]
+    if rank < have:
+        raise LookaheadError(f"these adapters have rank {have}: they cannot be cut to rank {rank} without changing "
+                             f"their function (set the rank to {have} or more)")
+    if rank == have:
+        return lookahead
+    embeds = lookahead["embeds"]
+    extra = zero_adapters(num_layers, embeds.shape[1], adapter_steps(lookahead), rank - have,
+                          jax.random.key(0) if key is None else key, lookahead["head_down"].dtype)
+    grown = {name: jnp.concatenate([jnp.asarray(lookahead[name]), extra[name]], axis=-1 if name.endswith("_down") else -2)
+             for name in ADAPTER_LEAVES}
+    return {**lookahead, **grown}
 
 
 def init(kind: str, params, config: LlamaConfig, num_lookahead: int, key, adapter_rank: int = 8):

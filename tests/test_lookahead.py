@@ -114,6 +114,25 @@ def test_adapters_are_lossless_at_zero_and_reach_only_their_steps(tiny):
         lookahead_lib.check(bad, config)
 
 
+def test_adapters_grow_to_a_higher_rank_without_changing_their_function(tiny):
+    """train.adapter_rank above an init file's rank grows its adapters (was silently kept at the file's rank);
+    a lower rank is refused, since cutting trained adapters would change the drafts."""
+    config, params = tiny
+    adapter = lookahead_lib.as_kind(parameters("deep", config, params), "adapter", config.num_layers, 4,
+                                    key=jax.random.key(2))
+    trained = {**adapter, **{name: adapter[name] + 0.3 for name in lookahead_lib.ADAPTER_LEAVES if name.endswith("_up")}}
+    grown = lookahead_lib.as_kind(trained, "adapter", config.num_layers, 6, key=jax.random.key(5))
+    assert grown["mlp_down"].shape[-1] == 6 and grown["head_up"].shape[-2] == 6
+    lookahead_lib.check(grown, config)
+    ids, positions, steps = jnp.array([[3, 9, 0, 0]]), jnp.array([[0, 1, 2, 3]]), jnp.array([[0, 0, 1, 2]])
+    mask = jnp.tril(jnp.ones((1, 4, 4), bool))
+    run = lambda la: forward(params, config, ids, positions, mask, **lookahead_lib.forward_inputs(la, steps))[0]  # noqa: E731
+    np.testing.assert_allclose(run(grown), run(trained), rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(run(grown) - run(adapter)).max()) > 1e-3  # the trained adapters are kept
+    with pytest.raises(lookahead_lib.LookaheadError, match="rank 4: they cannot be cut to rank 2"):
+        lookahead_lib.as_kind(trained, "adapter", config.num_layers, 2)
+
+
 @pytest.mark.parametrize("kind", lookahead_lib.KINDS)
 @pytest.mark.parametrize("suffix", [".npz", ""])
 def test_save_load_and_resolve_every_kind(tiny, tmp_path, kind, suffix):
