@@ -80,7 +80,9 @@ class Attention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, inv_freq, layer_cache=None, write_index=None):
+    def __call__(self, x, positions, mask, inv_freq, layer_cache=None, write_index=None, group_size=None):
+        """group_size: the call's slots are independent groups of that many consecutive slots (look-ahead
+        training): each sees the cache through `mask` and, causally, its own group; nothing is written."""
         c = self.config
         b, t, d = x.shape
         wq = _param(self, "wq", (d, c.num_heads * c.head_dim), ("embed", "q_heads"))
@@ -93,6 +95,8 @@ class Attention(nn.Module):
         v = (x @ wv.astype(dt)).reshape(b, t, c.num_kv_heads, c.head_dim)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
+        if group_size is not None:
+            return _grouped_attention(q, k, v, layer_cache, mask, group_size, c) @ wo.astype(dt), layer_cache
         new_cache = None
         if layer_cache is not None:
             new_cache = {"k": write_cache(layer_cache["k"], k, write_index),
@@ -110,6 +114,29 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, c.num_heads * c.head_dim)
         return out @ wo.astype(dt), new_cache
+
+
+def _grouped_attention(q, k, v, layer_cache, mask, group_size: int, c: LlamaConfig):
+    """Attention of independent groups (see `Attention`): scores against the cache [.., S] and against the
+    group's own slots [.., group_size] share one softmax. Costs S + group_size keys a slot, not S + T."""
+    b, t = q.shape[:2]
+    n, groups, dt = t // group_size, c.num_heads // c.num_kv_heads, c.jnp_dtype
+    q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
+    k_cache, v_cache = layer_cache["k"].astype(dt), layer_cache["v"].astype(dt)
+    v_cache = jnp.where(jnp.isfinite(v_cache), v_cache, jnp.zeros((), dt))  # as in `Attention`
+    to_cache = jnp.einsum("btkgh,bskh->bkgts", q, k_cache, preferred_element_type=jnp.float32) / math.sqrt(c.head_dim)
+    to_cache = jnp.where(mask[:, None, None, :, :], to_cache, jnp.finfo(jnp.float32).min)
+    q_local = q.reshape(b, n, group_size, c.num_kv_heads, groups, c.head_dim)
+    k_local = k.reshape(b, n, group_size, c.num_kv_heads, c.head_dim)
+    to_group = jnp.einsum("bnlkgh,bnmkh->bkgnlm", q_local, k_local, preferred_element_type=jnp.float32) / math.sqrt(
+        c.head_dim)
+    causal = jnp.tril(jnp.ones((group_size, group_size), bool))
+    to_group = jnp.where(causal, to_group, jnp.finfo(jnp.float32).min).reshape(b, c.num_kv_heads, groups, t, group_size)
+    probs = jax.nn.softmax(jnp.concatenate([to_cache, to_group], axis=-1), axis=-1).astype(dt)
+    from_cache = jnp.einsum("bkgts,bskh->btkgh", probs[..., :k_cache.shape[1]], v_cache)
+    local_probs = probs[..., k_cache.shape[1]:].reshape(b, c.num_kv_heads, groups, n, group_size, group_size)
+    from_group = jnp.einsum("bkgnlm,bnmkh->bnlkgh", local_probs, v.reshape(k_local.shape)).reshape(from_cache.shape)
+    return (from_cache + from_group).reshape(b, t, c.num_heads * c.head_dim)
 
 
 class MLP(nn.Module):
@@ -138,7 +165,8 @@ class Block(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, inv_freq, layer_cache=None, write_index=None, adapter=None):
+    def __call__(self, x, positions, mask, inv_freq, layer_cache=None, write_index=None, adapter=None,
+                 group_size=None):
         """adapter: None, or (this layer's look-ahead adapters {attn,mlp}_{down,up}, select, where) (`adapt`)."""
         def normed(name, h):
             h = RMSNorm(self.config, name=f"{name}_norm")(h)
@@ -148,7 +176,7 @@ class Block(nn.Module):
             return adapt(h, leaves[f"{name}_down"], leaves[f"{name}_up"], select, where)
 
         h, new_cache = Attention(self.config, name="attention")(
-            normed("attn", x), positions, mask, inv_freq, layer_cache, write_index)
+            normed("attn", x), positions, mask, inv_freq, layer_cache, write_index, group_size)
         x = x + h
         x = x + MLP(self.config, name="mlp")(normed("mlp", x))
         return x, new_cache
@@ -162,7 +190,7 @@ class Llama(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions, mask, cache: Cache | None = None, write_index=None,
                  input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False, layer_embeds=None,
-                 adapters=None, adapter_select=None):
+                 adapters=None, adapter_select=None, group_size=None):
         c = self.config
         embedding = _param(self, "embedding", (c.vocab_size, c.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, tokens, axis=0).astype(c.jnp_dtype)
@@ -178,7 +206,7 @@ class Llama(nn.Module):
                 {name: leaf[i] for name, leaf in adapters.items() if not name.startswith("head")},
                 adapter_select, embeds_mask)
             x, layer_cache = Block(c, name=f"layer_{i}")(
-                x, positions, mask, inv_freq, None if cache is None else cache[i], write_index, adapter)
+                x, positions, mask, inv_freq, None if cache is None else cache[i], write_index, adapter, group_size)
             new_cache.append(layer_cache)
         x = RMSNorm(c, name="final_norm")(x)
         if adapters is not None:
@@ -212,7 +240,7 @@ def lm_head(params, config: LlamaConfig, hidden):
 
 def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache | None = None,
             write_index=None, input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False,
-            layer_embeds=None, adapters=None, adapter_select=None):
+            layer_embeds=None, adapters=None, adapter_select=None, group_size=None):
     """Pure forward pass.
 
     tokens: int [B, T]; positions: int [B, T] (RoPE positions); mask: bool [B, T, S] where S is the
@@ -224,10 +252,12 @@ def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache |
     `embeds_mask` is true (deep look-ahead parameters); other positions see the base model exactly.
     adapters ({attn,mlp}_{down,up} [num_layers, La, ...], head_{down,up} [La, ...]) with
     adapter_select [B, T, La] apply low-rank look-ahead adapters at `embeds_mask` slots (`adapt`).
+    group_size (static): T is made of independent groups of that many slots that see the cache through
+    `mask` [B, T, S] and, causally, their own group; the cache is read, not written (training).
     """
     return Llama(config).apply({"params": params}, tokens, positions, mask, cache, write_index,
                                input_embeds, embeds_mask, logits_index, hidden_only, layer_embeds, adapters,
-                               adapter_select)
+                               adapter_select, group_size)
 
 
 def _init_inputs():

@@ -2,10 +2,10 @@
 
 The base model is frozen, so the real tokens' keys and values never depend on the look-ahead
 parameters. `prefix` runs the tokens [B, T] once into a KV cache of T + scratch slots; `extend`
-then runs new slots (look-ahead groups, the children of an anchor, a sampled continuation) written
-at scratch slots. A new slot's RoPE position is given explicitly, so it need not equal its slot; it sees the prefix
+then runs new slots (the children of an anchor, a sampled continuation) written at scratch slots, and
+`groups` runs look-ahead groups that read the prefix and their own group only. A new slot's RoPE position is given explicitly, so it need not equal its slot; it sees the prefix
 up to its own anchor and whichever scratch slots the caller allows.
-Training differentiates `extend` only; the diagnostic uses the same calls without gradients.
+Training differentiates `groups` only; the diagnostic uses the same calls without gradients.
 """
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def extend(params, config: LlamaConfig, cache, seq_len: int, ids, positions, anc
     extra = {} if lookahead is None else lookahead_lib.forward_inputs(lookahead, steps)
     return forward(params, config, ids, positions, mask, cache, jnp.full((batch,), write_at, jnp.int32),
                    hidden_only=True, **extra)
+
+
+def groups(params, config: LlamaConfig, cache, seq_len: int, positions, anchor, group_size: int, lookahead, steps):
+    """Look-ahead groups on top of a prefix cache, without writing it: the W = G * group_size slots
+    (ids ignored; positions, anchor and look-ahead `steps` int [B, W]) form G groups of consecutive
+    slots; each sees the prefix up to its anchor and, causally, its own group (`model.forward`'s
+    group_size), so it costs T + group_size keys a slot. Returns the final hidden states [B, W, D]."""
+    prefix_only = tuple({name: layer[name][:, :seq_len] for name in ("k", "v")} for layer in cache)
+    mask = jnp.arange(seq_len)[None, None, :] <= anchor[:, :, None]
+    out, _ = forward(params, config, jnp.zeros_like(positions), positions, mask, prefix_only, hidden_only=True,
+                     group_size=group_size, **lookahead_lib.forward_inputs(lookahead, steps))
+    return out
 
 
 def sparse_probs(logits, sampling: SamplingConfig):

@@ -108,7 +108,7 @@ class Targets(NamedTuple):
 
 class Teacher(NamedTuple):
     """The frozen model's part of a cached-prefix step: the cache (tokens, then any sampled
-    continuation, then G*L free slots for the look-ahead call) and the targets."""
+    continuation, which the look-ahead groups never see) and the targets."""
 
     cache: tuple
     targets: Targets
@@ -127,9 +127,8 @@ def teach(params, config: LlamaConfig, tokens, anchors, num_lookahead: int, samp
     """The cached prefix and the targets, without gradients (see the module doc for `source`)."""
     batch, seq_len = tokens.shape
     groups = anchors.shape[1]
-    la_width = groups * num_lookahead
-    sampled = la_width if source == "self" else 0
-    cache, hidden = cached.prefix(params, config, tokens, sampled + la_width)
+    sampled = groups * num_lookahead if source == "self" else 0
+    cache, hidden = cached.prefix(params, config, tokens, sampled)
     if source == "data":
         at = gather_positions(hidden, group_layout(anchors, num_lookahead)[0])
         logits = lm_head(params, config, at).reshape(batch, groups, num_lookahead, -1)
@@ -173,18 +172,12 @@ def _self_teacher(params, config, cache, hidden, anchors, num_lookahead, samplin
 
 
 def cached_lookahead_logits(lookahead, params, config: LlamaConfig, cache, seq_len: int, anchors):
-    """The G*L look-ahead slots as one call on the cache's last G*L slots -> draft logits [B, G, L, V].
+    """The G*L look-ahead slots as one call on the prefix cache -> draft logits [B, G, L, V].
     Group g sees the prefix up to its anchor and its own earlier slots."""
     batch, groups = anchors.shape
     num_l = lookahead_lib.num_steps(lookahead)
-    la_width = groups * num_l
     positions, steps, anchor = group_layout(anchors, num_l)
-    scratch = cache[0]["k"].shape[1] - seq_len
-    rel = jnp.arange(scratch) - (scratch - la_width)  # scratch slot relative to the first look-ahead slot
-    slot = jnp.arange(la_width)[:, None]
-    visible = (rel[None, :] >= slot - slot % num_l) & (rel[None, :] <= slot)
-    out, _ = cached.extend(params, config, cache, seq_len, jnp.zeros_like(positions), positions, anchor,
-                           visible[None], seq_len + scratch - la_width, lookahead, steps)
+    out = cached.groups(params, config, cache, seq_len, positions, anchor, num_l, lookahead, steps)
     return lm_head(params, config, out).reshape(batch, groups, num_l, -1)
 
 
