@@ -29,7 +29,8 @@ EPILOG = f"""config keys (override any with KEY=VALUE; values are JSON, else str
   train.batch_size, train.steps, train.lr, train.warmup, train.weight_decay, train.clip, train.seed
   train.log_every, train.eval_every, train.eval_batches, train.checkpoint_every, train.keep
   train.eval_sequences, train.eval_anchors_per_seq   held-out anchors of the [LA]_1 ceiling eval
-  train.init     start from exported look-ahead parameters (.npz or Orbax dir, any kind)
+  train.init     start from exported look-ahead parameters (.npz or Orbax dir, any kind; adapters
+                 grow to a higher train.adapter_rank without changing their function)
   mesh           null (all devices data-parallel) | DATAxTENSOR | DATAxFSDPxTENSOR, e.g. 2x2
   output.dir     run dir (default runs/CONFIG): config.json, metrics.jsonl, checkpoints/
   output.export  the trained parameters (default OUTPUT_DIR/lookahead.npz, + lookahead.json)
