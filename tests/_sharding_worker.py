@@ -19,7 +19,7 @@ assert "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS",
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
 
 from _chain_lm import chain_corpus, train_chain_lm  # noqa: E402
 from pass_jax.config import load_preset  # noqa: E402
