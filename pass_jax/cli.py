@@ -96,6 +96,7 @@ def cmd_generate(args) -> int:
     start = time.perf_counter()
     model = load_model(args.model)
     load_s = time.perf_counter() - start
+    resolved = None  # (vectors, source), read once
     if args.mode == "pass" and args.num_lookahead == "auto":
         # the loop check decodes the first prompt as this command will (chat template included)
         first_ids = Generator(model, mode="ar", max_new_tokens=args.max_new_tokens, sampling=sampling,
@@ -104,9 +105,10 @@ def cmd_generate(args) -> int:
         if chosen is None:
             args.mode = "ar"
         else:
-            decode = chosen
-    vectors, source = (resolve_lookahead(model, args.lookahead, decode["num_lookahead"]) if args.mode == "pass"
-                       else (None, None))
+            decode, resolved = chosen
+    if resolved is None and args.mode == "pass":
+        resolved = resolve_lookahead(model, args.lookahead, decode["num_lookahead"])
+    vectors, source = resolved or (None, None)
     generator = Generator(model, mode=args.mode, lookahead=vectors, lookahead_source=source,
                           max_new_tokens=args.max_new_tokens,
                           sampling=sampling, batch_size=args.batch_size,
@@ -195,9 +197,10 @@ def pass_settings_from_args(args) -> dict:
     return {"num_lookahead": num_l, "calls": args.calls, "draft_tree": tree}
 
 
-def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_ids=None) -> dict | None:
+def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_ids=None) -> tuple | None:
     """`-L auto`: the best setting predicted from call costs, confirmed by timing its decode loop against ar's
-    on the user's prompt (`prompt_ids`), or None (with a note) when ar is faster by either measure."""
+    on the user's prompt (`prompt_ids`), as (decode settings, its resolved (vectors, source)); None (with a
+    note) when ar is faster by either measure."""
     from . import autotune
     from . import lookahead as lookahead_lib
     from .generate import resolve_lookahead
@@ -212,14 +215,14 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_
         return None
     log(f"-L auto: {best.label()}, {prediction['tokens_per_call']:.2f} tokens per call, predicted "
         f"{prediction['ratio_vs_ar']:.2f}x ar from call costs; timing its decode loop against ar's on your prompt ...")
-    vectors, _ = resolve_lookahead(model, lookahead, best.num_lookahead)
-    timed = autotune.timed_ratio(model, best, vectors, sampling, batch_size, prompt_ids=prompt_ids)
+    resolved = resolve_lookahead(model, lookahead, best.num_lookahead)
+    timed = autotune.timed_ratio(model, best, resolved[0], sampling, batch_size, prompt_ids=prompt_ids)
     if timed <= 1.0:
         log(f"-L auto: the timed decode loops put {best.label()} at {timed:.2f}x ar; decoding with --mode ar")
         return None
     log(f"-L auto: {best.label()}, {timed:.2f}x ar from the timed decode loops")
     tree = () if best.is_chain else best.draft_tree
-    return {"num_lookahead": best.num_lookahead, "calls": best.calls, "draft_tree": tree}
+    return {"num_lookahead": best.num_lookahead, "calls": best.calls, "draft_tree": tree}, resolved
 
 
 def cmd_convert(args) -> int:

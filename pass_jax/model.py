@@ -102,18 +102,24 @@ class Attention(nn.Module):
             new_cache = {"k": write_cache(layer_cache["k"], k, write_index),
                          "v": write_cache(layer_cache["v"], v, write_index)}
             k, v = new_cache["k"].astype(dt), new_cache["v"].astype(dt)
-        # A masked slot gets probability exactly 0, but 0 * NaN = NaN in `probs @ v`: a non-finite
-        # value in a stale or look-ahead slot would leak into every query's output. (Masked scores
-        # are replaced below, so k needs no such care.)
-        v = jnp.where(jnp.isfinite(v), v, jnp.zeros((), v.dtype))
-        groups = c.num_heads // c.num_kv_heads
-        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(c.head_dim)
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, c.num_heads * c.head_dim)
+        q = q.reshape(b, t, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)
+        probs = jax.nn.softmax(_masked_scores(q, k, mask, c.head_dim), axis=-1).astype(dt)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, _zero_non_finite(v)).reshape(b, t, c.num_heads * c.head_dim)
         return out @ wo.astype(dt), new_cache
+
+
+def _zero_non_finite(v):
+    """A masked slot gets probability exactly 0, but 0 * NaN = NaN in `probs @ v`: a non-finite value in a
+    stale or look-ahead cache slot would leak into every query's output. (Masked scores are replaced, so k
+    needs no such care.)"""
+    return jnp.where(jnp.isfinite(v), v, jnp.zeros((), v.dtype))
+
+
+def _masked_scores(q, k, mask, head_dim: int):
+    """Scaled float32 scores [b, kv_heads, groups, t, s] of grouped queries q [b, t, kv_heads, groups, h]
+    against keys k [b, s, kv_heads, h]; slots where `mask` [b, t, s] is False get the lowest float."""
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    return jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
 
 
 def _grouped_attention(q, k, v, layer_cache, mask, group_size: int, c: LlamaConfig):
@@ -122,10 +128,8 @@ def _grouped_attention(q, k, v, layer_cache, mask, group_size: int, c: LlamaConf
     b, t = q.shape[:2]
     n, groups, dt = t // group_size, c.num_heads // c.num_kv_heads, c.jnp_dtype
     q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-    k_cache, v_cache = layer_cache["k"].astype(dt), layer_cache["v"].astype(dt)
-    v_cache = jnp.where(jnp.isfinite(v_cache), v_cache, jnp.zeros((), dt))  # as in `Attention`
-    to_cache = jnp.einsum("btkgh,bskh->bkgts", q, k_cache, preferred_element_type=jnp.float32) / math.sqrt(c.head_dim)
-    to_cache = jnp.where(mask[:, None, None, :, :], to_cache, jnp.finfo(jnp.float32).min)
+    k_cache, v_cache = layer_cache["k"].astype(dt), _zero_non_finite(layer_cache["v"].astype(dt))
+    to_cache = _masked_scores(q, k_cache, mask, c.head_dim)
     q_local = q.reshape(b, n, group_size, c.num_kv_heads, groups, c.head_dim)
     k_local = k.reshape(b, n, group_size, c.num_kv_heads, c.head_dim)
     to_group = jnp.einsum("bnlkgh,bnmkh->bkgnlm", q_local, k_local, preferred_element_type=jnp.float32) / math.sqrt(

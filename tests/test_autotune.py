@@ -75,10 +75,15 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
     timed, prompts_seen = [], []  # the loop timer's ratio against ar (a stand-in for the timer), its prompts
     monkeypatch.setattr(autotune, "timed_ratio",
                         lambda *args, prompt_ids=None, **kwargs: prompts_seen.append(prompt_ids) or timed[0])
+    from pass_jax import generate
+    reads = []  # the look-ahead file is read once per command, also when auto picks PaSS
+    real_resolve = generate.resolve_lookahead
+    monkeypatch.setattr(generate, "resolve_lookahead", lambda *args, **kwargs: reads.append(1) or real_resolve(
+        *args, **kwargs))
     cases = ((0.99, 1.5, "x ar from the timed decode loops"), (0.99, 0.9, "the timed decode loops put"),
              (0.0, 1.5, "no PaSS setting is predicted to beat"))
     for rates, ratio, expect in cases:
-        timed[:] = [ratio]
+        timed[:], reads[:] = [ratio], []
         acceptance = {str(k): [rates, rates] for k in (1, 2, 3, 4)}
         path = tmp_path / f"la{rates}-{ratio}.npz"
         lookahead.save(path, vectors, {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
@@ -86,6 +91,7 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
                      "--max-new-tokens", "4", "--json"])
         err = capsys.readouterr().err
         assert code == 0 and expect in err, err
+        assert len(reads) == (1 if rates else 0), reads
     # the loop check decodes the user's own prompt (here raw: the tiny model has no chat template)
     from pass_jax.loading import load_model
     assert prompts_seen and prompts_seen[0] == list(load_model(str(hf_dir)).tokenizer("the fox")["input_ids"])
