@@ -147,10 +147,11 @@ def test_diagnostic_matches_brute_force(setup):
         want_greedy = [greedy[0] / 4] + [g / d if d else None for g, d in zip(greedy[1:], greedy[:-1])]
         assert got["acceptance"]["greedy"][str(k + 1)] == pytest.approx(want_greedy)
     assert got["greedy_agreement"] == pytest.approx(want["agree"].mean(0).tolist())
-    # more candidates never accept less
+    # more candidates never accept less (up to float32 rounding: a third candidate that adds nothing
+    # came out 3e-8 below two on an AVX-512 CPU)
     for mode in ("sampled", "greedy"):
         first = [got["acceptance"][mode][str(k)][0] for k in (1, 2, 3)]
-        assert first == sorted(first) and first[-1] > first[0]
+        assert all(more >= fewer - 1e-6 for fewer, more in zip(first, first[1:])) and first[-1] > first[0], first
 
 
 def test_candidates_match_the_decoders_multi_candidate_rule():
