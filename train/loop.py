@@ -208,6 +208,7 @@ def evaluate(eval_step, model: LoadedModel, lookahead, data: PackedDataset, t: T
                        ceiling1={kind: round(v[0], 6) for kind, v in found["ceiling"].items()})
     return results
 
+
 # --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
@@ -229,7 +230,6 @@ def train(config: RunConfig, model: LoadedModel, mesh, train_data: PackedDataset
             state = restore_checkpoint(manager, state, train_data, t)
         start = int(gather_to_host(state["step"]))
         write_settings(run_dir, config)
-        log = MetricsLog(run_dir / "metrics.jsonl", start)
         log = MetricsLog(run_dir / "metrics.jsonl", start)
         eval_step = make_eval_step(model.config, t)
         if start == 0:  # the untrained baseline
