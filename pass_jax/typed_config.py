@@ -1,7 +1,7 @@
 """The one config mechanism: frozen dataclasses built from dicts (JSON files, command-line
 arguments) with unknown keys and wrong types named by their dotted key, and KEY=VALUE overrides.
 
-Used by the model config (`pass_jax.config`), the training run config (`pass_jax.train.loop`),
+Used by the model config (`pass_jax.config`), the training run config (`pass_jax.train.run_config`),
 `BenchSettings` and `EvalSettings`. Imports no JAX.
 """
 from __future__ import annotations

@@ -47,7 +47,8 @@ from pass_jax.lookahead import init_random  # noqa: E402
 from pass_jax.model import param_shapes  # noqa: E402
 from pass_jax.sampling import GREEDY  # noqa: E402
 from pass_jax.sharding import make_mesh, param_shardings  # noqa: E402
-from pass_jax.train.loop import TrainSection, init_state, make_train_step  # noqa: E402
+from pass_jax.train.loop import init_state, make_train_step  # noqa: E402
+from pass_jax.train.run_config import TrainSection  # noqa: E402
 
 BATCH, WIDTH, NEW, L = 8, 16, 12, 3
 SEQ = 32

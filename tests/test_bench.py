@@ -134,13 +134,13 @@ def test_bad_input_is_one_line_error_before_loading(argv, message, capsys, monke
 
 
 def test_prefix_prompts_fit_the_token_budget(sp_tokenizer, monkeypatch):
-    from pass_jax.train import data
+    from pass_jax import corpora
 
-    docs = [{"id": "short", "text": "the fox"},
-            {"id": "long", "text": " ".join(["parallel speculative sampling drafts tokens"] * 20)}]
-    monkeypatch.setattr(data, "load_documents", lambda source, split, **_: iter(docs))
+    docs = [corpora.Document("short", "short", "the fox"),
+            corpora.Document("long", "long", " ".join(["parallel speculative sampling drafts tokens"] * 20))]
+    monkeypatch.setattr(corpora, "held_out_documents", lambda source, **_: docs)
     prompts = bench.corpus_prompts(sp_tokenizer, "text", 2, prompt_tokens=12)
-    assert len(prompts) == 1 and docs[1]["text"].startswith(prompts[0])  # the short document is skipped
+    assert len(prompts) == 1 and docs[1].text.startswith(prompts[0])  # the short document is skipped
     assert len(sp_tokenizer(prompts[0])["input_ids"]) <= 12
 
 

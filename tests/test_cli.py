@@ -105,7 +105,8 @@ def test_help_imports_no_jax(argv):
     import sys
 
     code = ("import sys\nfrom pass_jax import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('pass_jax.bench.', 'pass_jax.train.loop'))))")
+            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('pass_jax.bench.', 'pass_jax.loading', "
+            "'pass_jax.train.loop', 'pass_jax.train.run_config', 'pass_jax.train.checkpoints'))))")
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     imported = done.stdout.strip().splitlines()[-1]

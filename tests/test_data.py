@@ -1,4 +1,4 @@
-"""Tests for the look-ahead training data pipeline (pass_jax.train.corpora, pass_jax.train.data)."""
+"""Tests for the corpora and their split (pass_jax.corpora) and the training data pipeline (pass_jax.train.data)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pass_jax.train import corpora, data
-from pass_jax.train.corpora import CorpusError, Document
+from pass_jax import corpora
+from pass_jax.corpora import CorpusError, Document
+from pass_jax.train import data
 
 
 class ByteTokenizer:
@@ -42,22 +43,22 @@ def _write_corpus(root: Path, n: int) -> dict[str, str]:
 
 def test_split_is_deterministic_disjoint_and_about_5_percent() -> None:
     docs = [Document(f"doc-{i}", "", "text") for i in range(2000)]
-    first, second = data.split_documents(docs), data.split_documents(docs)
+    first, second = corpora.split_documents(docs), corpora.split_documents(docs)
     assert first == second
     train_ids = {d.id for d in first["train"]}
     test_ids = {d.id for d in first["test"]}
     assert not train_ids & test_ids
     assert train_ids | test_ids == {d.id for d in docs}
     assert 0.035 < len(test_ids) / len(docs) < 0.065
-    assert all(data.is_test_id(i) for i in test_ids)
+    assert all(corpora.is_test_id(i) for i in test_ids)
 
 
 def test_split_of_tiny_corpus_keeps_both_sides_non_empty() -> None:
     docs = [Document(f"d{i}", "", "t") for i in range(3)]
-    splits = data.split_documents(docs)
+    splits = corpora.split_documents(docs)
     assert len(splits["train"]) == 2 and len(splits["test"]) == 1
     with pytest.raises(CorpusError, match="at least 2 documents"):
-        data.split_documents(docs[:1])
+        corpora.split_documents(docs[:1])
 
 
 # ---------------------------------------------------------------- corpora
@@ -95,12 +96,15 @@ def test_local_builder_writes_array_record_and_reads_back(tmp_path: Path) -> Non
     docs = _write_corpus(tmp_path / "corpus", 60)
     tfds_dir = tmp_path / "tfds"
     read = {split: list(data.load_documents(str(tmp_path / "corpus"), split, data_dir=tfds_dir))
-            for split in data.SPLITS}
+            for split in corpora.SPLITS}
     assert list(tfds_dir.rglob("*.array_record-*")), "expected array_record shards"
     got = {d["id"]: d["text"] for split in read.values() for d in split}
     assert got == docs
-    expected = data.split_documents([Document(i, i, t) for i, t in docs.items()])
+    expected = corpora.split_documents([Document(i, i, t) for i, t in docs.items()])
     assert {d["id"] for d in read["test"]} == {d.id for d in expected["test"]}
+    # bench reads the held-out documents without TFDS, in the order the pipeline reads them.
+    assert [(d.id, d.text) for d in corpora.held_out_documents(str(tmp_path / "corpus"))] == \
+        [(d["id"], d["text"]) for d in read["test"]]
     # A second load reuses the build and yields the same order.
     assert list(data.load_documents(str(tmp_path / "corpus"), "train", data_dir=tfds_dir)) == read["train"]
     assert len(list(data.load_documents(str(tmp_path / "corpus"), "train", 5, data_dir=tfds_dir))) == 5
@@ -198,7 +202,7 @@ def test_remote_source_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data.tfds, "data_source", fake_data_source)
     test = list(data.load_documents("wikipedia", "test", data_dir="/tfds"))
     assert calls == [(data.REMOTE_SOURCES["wikipedia"].tfds_name, "train", "/tfds")]
-    assert test and all(data.is_test_id(d["id"]) for d in test)
+    assert test and all(corpora.is_test_id(d["id"]) for d in test)
     assert all(d["text"] == d["id"].replace("Article", "body") for d in test)  # bytes decoded, keys mapped
     assert len(list(data.load_documents("wikipedia", "train", max_documents=10))) == 10
 

@@ -12,6 +12,7 @@ import pytest
 
 from _no_torch_worker import describe
 from pass_jax import loading
+from pass_jax.loading import gguf as gguf_loading  # where load_gguf looks up read_gguf and gguf_tokenizer
 
 STRINGS = ["The capital of France is", "café 😀 東京", "<|im_start|>user\nHi<|im_end|>", "def f(x):\n    return x\n"]
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -58,13 +59,13 @@ def cached(cache_root, monkeypatch):
 def test_second_load_reads_the_cache_and_equals_the_gguf_load(cached, smollm2, monkeypatch):
     meta = json.loads((cached / "pass_jax.json").read_text())
     assert meta["format"] == loading.MODEL_CACHE_FORMAT and meta["identity"] == loading.DEFAULT_MODEL
-    monkeypatch.setattr(loading, "read_gguf", refuse_gguf)
+    monkeypatch.setattr(gguf_loading, "read_gguf", refuse_gguf)
     assert_same_model(loading.load_model("smollm2-135m"), smollm2)
 
 
 def test_cache_off_reads_the_gguf(cached, monkeypatch):
     monkeypatch.setenv(loading.MODEL_CACHE_ENV, "0")
-    monkeypatch.setattr(loading, "read_gguf", refuse_gguf)
+    monkeypatch.setattr(gguf_loading, "read_gguf", refuse_gguf)
     with pytest.raises(ReadGGUF):
         loading.load_model("smollm2-135m")
 
@@ -82,7 +83,7 @@ def test_a_damaged_entry_is_dropped_not_read(cached, monkeypatch, capsys):
     layer = sorted((cached / "params").glob("layer_3.*"))[0]
     saved = layer.read_bytes()
     layer.write_bytes(saved[:len(saved) // 2])  # truncated, as by a full disk
-    monkeypatch.setattr(loading, "read_gguf", refuse_gguf)
+    monkeypatch.setattr(gguf_loading, "read_gguf", refuse_gguf)
     with pytest.raises(ReadGGUF):  # it fell back to the GGUF file
         loading.load_model("smollm2-135m")
     assert "ignoring the damaged model cache" in capsys.readouterr().err
@@ -95,7 +96,7 @@ def test_a_failed_load_leaves_no_entry(cache_root, monkeypatch):
     def fail(*_):
         raise RuntimeError("killed while building the tokenizer")
 
-    monkeypatch.setattr(loading, "gguf_tokenizer", fail)
+    monkeypatch.setattr(gguf_loading, "gguf_tokenizer", fail)
     with pytest.raises(RuntimeError, match="killed"):
         loading.load_model("smollm2-135m")
     assert list((cache_root / "failed" / "models").iterdir()) == []  # neither an entry nor its temporary copy

@@ -1,4 +1,4 @@
-"""Tests for look-ahead training (pass_jax.train.losses, pass_jax.train.loop, pass_jax.train.cli) on the tiny random model."""
+"""Tests for look-ahead training (pass_jax.train.losses, run_config, checkpoints, loop, cli) on the tiny random model."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,10 @@ from pass_jax.loading import LoadedModel
 from pass_jax.model import forward, init_params
 from pass_jax.sampling import SamplingConfig, probabilities
 from pass_jax.sharding import make_mesh
+from pass_jax.errors import PassJaxError
 from pass_jax.train import loop, losses
 from pass_jax.train.data import PackedDataset
+from pass_jax.train.run_config import DataSection, ModelSection, OutputSection, RunConfig, TrainSection
 from pass_jax.train.tokenizers import ByteTokenizer
 
 CONFIG = load_preset("tiny")
@@ -52,12 +54,12 @@ def periodic_data(rows: int, period: int = 4, seed: int = 0) -> PackedDataset:
     return PackedDataset((10 + (phase + np.arange(SEQ_LEN)) % period).astype(np.int32))
 
 
-def run_config(tmp_path: Path, **train) -> loop.RunConfig:
+def run_config(tmp_path: Path, **train) -> RunConfig:
     settings = dict(num_lookahead=L, batch_size=4, steps=8, lr=0.01, warmup=2, anchors_per_seq=8, log_every=2,
                     eval_every=4, eval_batches=1, checkpoint_every=4, keep=2)
-    return loop.RunConfig(name="test", model=loop.ModelSection(source="random", preset="tiny"),
-                          data=loop.DataSection(seq_len=SEQ_LEN), train=loop.TrainSection(**{**settings, **train}),
-                          output=loop.OutputSection(dir=str(tmp_path / "run")))
+    return RunConfig(name="test", model=ModelSection(source="random", preset="tiny"),
+                     data=DataSection(seq_len=SEQ_LEN), train=TrainSection(**{**settings, **train}),
+                     output=OutputSection(dir=str(tmp_path / "run")))
 
 
 def tiny_model(params) -> LoadedModel:
@@ -275,7 +277,7 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_run(params, mesh, tmp_pa
     killed = run_config(tmp_path / "killed")
     with pytest.raises(Killed):  # steps 1..6 run, the last checkpoint is step 4
         loop.train(killed, model, mesh, KilledAt(data, kill_at=6), test)
-    with pytest.raises(loop.PassJaxError, match="--resume"):
+    with pytest.raises(PassJaxError, match="--resume"):
         loop.train(killed, model, mesh, data, test)
     with (killed.run_dir / "metrics.jsonl").open("a") as f:  # a kill in the middle of a write
         f.write('{"step": 7, "split": "tra')
@@ -286,7 +288,7 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_run(params, mesh, tmp_pa
     train_steps = [r["step"] for r in records if r["split"] == "train"]
     assert train_steps == sorted(set(train_steps)) == [2, 4, 6, 8]
     # Other data would not give the same batches: resuming refuses rather than diverging silently.
-    with pytest.raises(loop.PassJaxError, match="num_sequences"):
+    with pytest.raises(PassJaxError, match="num_sequences"):
         loop.train(killed, model, mesh, periodic_data(20), test, resume=True)
 
 
@@ -393,10 +395,10 @@ def test_init_starts_from_exported_vectors(params, mesh, tmp_path):
     state, _ = loop.make_train_step(CONFIG, t)(params, state, jnp.asarray(periodic_data(4).sequences))
     assert not np.array_equal(np.array(state["lookahead"]), exported[:L])
     lookahead_lib.save(tmp_path / "narrow.npz", exported[:, :8])
-    with pytest.raises(loop.PassJaxError, match=r"needs \[L, 64\]"):
+    with pytest.raises(PassJaxError, match=r"needs \[L, 64\]"):
         loop.init_state(tiny_model(params), run_config(tmp_path, init=str(tmp_path / "narrow.npz")).train, mesh)
     lookahead_lib.save(tmp_path / "short.npz", exported[:1])
-    with pytest.raises(loop.PassJaxError, match="hold 1 look-ahead steps"):
+    with pytest.raises(PassJaxError, match="hold 1 look-ahead steps"):
         loop.init_state(tiny_model(params), run_config(tmp_path, init=str(tmp_path / "short.npz")).train, mesh)
 
 

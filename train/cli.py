@@ -138,7 +138,8 @@ def command_line(args, *words: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from .loop import load_run_config, run
+    from .loop import run
+    from .run_config import load_run_config
 
     if not args.config:
         args.parser.error("the following arguments are required: --config")
@@ -158,7 +159,8 @@ def cmd_eval(args) -> int:
     from pass_jax.errors import PassJaxError
     from pass_jax.sharding import make_mesh
     from . import diagnostic
-    from .loop import load_base_model, load_run_config, load_split
+    from .loop import load_base_model, load_split
+    from .run_config import load_run_config
 
     config = load_run_config(args.config, args.overrides)
     t = config.train

@@ -3,7 +3,7 @@
 Documents come from one entry point, :func:`load_documents`, with two kinds of
 source behind it:
 
-* local corpora (``wiki``, ``python`` or a user path, see :mod:`pass_jax.train.corpora`)
+* local corpora (``wiki``, ``python`` or a user path, see :mod:`pass_jax.corpora`)
   written by a local TFDS builder to ``array_record`` files and read back
   with ``as_data_source()`` (random access, no TensorFlow needed);
 * the paper's real sources (English Wikipedia, The Stack Python) through
@@ -11,13 +11,13 @@ source behind it:
 
 Both have a ``train`` and a ``test`` split made the same way: a document is
 held out when a hash of its id falls in the first 5% of buckets, so the split
-is stable across runs, hosts and corpus growth.
+is stable across runs, hosts and corpus growth (:func:`pass_jax.corpora.split_documents`,
+which ``pass-jax bench`` reads its held-out prompts through without this pipeline).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,20 +28,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from .corpora import (
+from pass_jax.corpora import (
+    LOCAL_SOURCES,
+    SPLITS,
     CorpusError,
     Document,
     default_cache_dir,
-    local_documents,
+    is_test_id,
     local_fingerprint,
-    python_documents,
-    wiki_documents,
+    source_documents,
+    split_documents,
 )
-
-SPLITS = ("train", "test")
-HASH_BUCKETS = 10_000
-TEST_BUCKETS = 500  # 500 / 10,000 = 5% of documents held out.
-LOCAL_SOURCES = ("wiki", "python")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,44 +72,6 @@ class Tokenizer(Protocol):
     bos_token_id: int | None
 
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
-
-
-# --------------------------------------------------------------------------
-# Train/test split
-# --------------------------------------------------------------------------
-
-def hash_bucket(doc_id: str) -> int:
-    """Stable bucket in [0, HASH_BUCKETS) of a document id."""
-    digest = hashlib.sha1(doc_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % HASH_BUCKETS
-
-
-def is_test_id(doc_id: str) -> bool:
-    """Whether a document id belongs to the held-out ``test`` split."""
-    return hash_bucket(doc_id) < TEST_BUCKETS
-
-
-def split_documents(docs: Sequence[Document]) -> dict[str, list[Document]]:
-    """Split documents into ``train`` and ``test`` by id hash (~5% test).
-
-    Small corpora may hash no document into one side; then the document with
-    the most extreme bucket moves over, so both splits are non-empty (TFDS
-    cannot write an empty split, and training or evaluating on nothing is an
-    error anyway). The rule is still deterministic.
-    """
-    if len(docs) < 2:
-        raise CorpusError(f"a corpus needs at least 2 documents for a train/test split, got {len(docs)}")
-    test = [d for d in docs if is_test_id(d.id)]
-    train = [d for d in docs if not is_test_id(d.id)]
-    if not test:
-        moved = min(train, key=lambda d: (hash_bucket(d.id), d.id))
-        train.remove(moved)
-        test = [moved]
-    elif not train:
-        moved = max(test, key=lambda d: (hash_bucket(d.id), d.id))
-        test.remove(moved)
-        train = [moved]
-    return {"train": train, "test": test}
 
 
 # --------------------------------------------------------------------------
@@ -159,16 +118,9 @@ class PassLocalCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             features=tfds.features.FeaturesDict({"id": tfds.features.Text(), "text": tfds.features.Text()}),
         )
 
-    def _documents(self) -> list[Document]:
-        """All documents of this config, before the split."""
-        if self.builder_config.path:
-            return local_documents(self.builder_config.path)
-        if self.builder_config.name == "wiki":
-            return wiki_documents(self._corpus_cache)
-        return python_documents()
-
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, str]]]]:
-        splits = split_documents(self._documents())
+        splits = split_documents(source_documents(self.builder_config.path or self.builder_config.name,
+                                                  self._corpus_cache))
         return {name: self._generate_examples(docs) for name, docs in splits.items()}
 
     def _generate_examples(self, docs: list[Document]) -> Iterator[tuple[int, dict[str, str]]]:

@@ -1,22 +1,21 @@
-"""The look-ahead training loop: run configs, one jitted step, eval, checkpoints, export.
+"""The look-ahead training loop: the base model and data a run config names, one jitted step, eval,
+the loop, export.
 
 Only the look-ahead parameters (`pass_jax.lookahead`, any kind) are trained. The base parameters
 are an ordinary, non-differentiated argument of the jitted step (never closed over, so never baked
 into the program, and never copied per step); gradients and optimizer state exist for the
 look-ahead parameters alone.
 
-A run directory holds `config.json`, `metrics.jsonl` (one JSON object per log/eval point),
-`checkpoints/` (Orbax: look-ahead parameters, optimizer state, step; the data position is the step, see
-`pass_jax.train.data.PackedDataset`) and, at the end, `lookahead.npz` + `lookahead.json` (the format
-`pass-jax generate --lookahead PATH` reads).
+The run config is `pass_jax.train.run_config`; the run directory, Orbax checkpoints and resume are
+`pass_jax.train.checkpoints` (the data position is the step, see `pass_jax.train.data.PackedDataset`).
+At the end the loop writes `lookahead.npz` + `lookahead.json` (the format `pass-jax generate
+--lookahead PATH` reads).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,182 +26,21 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from pass_jax import lookahead as lookahead_lib
-from pass_jax import outputs
-from pass_jax.config import ConfigError, LlamaConfig, load_config_file, load_preset, resolve_config_path
-from pass_jax.defaults import DEFAULT_MODEL
+from pass_jax.config import ConfigError, LlamaConfig, load_preset
+from pass_jax.corpora import CorpusError
 from pass_jax.distributed import gather_to_host, global_array_from_local, process_local_batch
 from pass_jax.errors import PassJaxError
 from pass_jax.loading import LoadedModel, load_model
 from pass_jax.model import init_params
-from pass_jax.sampling import SamplingConfig
 from pass_jax.sharding import make_mesh, shard_params
-from pass_jax.typed_config import apply_overrides, build
 
 from . import diagnostic
-from .corpora import CorpusError
+from .checkpoints import (MetricsLog, check_run_outputs, open_checkpoints, prepare_run_dir, restore_checkpoint,
+                          save_checkpoint, write_settings)
 from .data import PackedDataset, build_packed_dataset
-from .losses import (OBJECTIVES, TARGETS, cached_loss, lookahead_loss, num_valid_anchors, sample_anchors,
-                     teach)
-from .report import parse_record
+from .losses import cached_loss, lookahead_loss, sample_anchors, teach
+from .run_config import RANDOM_MODEL, DataSection, ModelSection, RunConfig, TrainSection
 from .tokenizers import ByteTokenizer
-
-PREFIXES = ("cached", "masked")
-
-RANDOM_MODEL = "random"
-
-
-# --------------------------------------------------------------------------
-# Run configuration
-# --------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class ModelSection:
-    """source: what `pass_jax.loading.load_model` takes (`smollm2-135m`, a .gguf, an HF or converted
-    directory), or `random` for random weights of `preset` (smoke tests). preset: a model preset
-    name whose shapes the loaded model must have (and planning tools read). dtype: overrides the
-    activation and parameter dtype (bfloat16 on TPU; float32 on CPU, where bf16 is slow)."""
-
-    source: str = DEFAULT_MODEL
-    preset: str | None = None
-    dtype: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSection:
-    """source: wiki | python (offline) | wikipedia | the-stack-python (TFDS) | a corpus path.
-    max_documents caps each split; max_tokens the train split and eval_max_tokens the test split
-    (default: max_tokens), since a few eval batches need far fewer tokens than training."""
-
-    source: str = "wiki"
-    seq_len: int = 256
-    max_documents: int | None = None
-    max_tokens: int | None = None
-    eval_max_tokens: int | None = None
-    add_bos: bool = False
-    data_dir: str | None = None
-    cache_dir: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSection:
-    """num_lookahead: L; kind: vectors (the paper) | deep (per-layer vectors too) | adapter (deep plus
-    low-rank adapters of rank adapter_rank at look-ahead slots, see pass_jax.lookahead); batch_size: global rows per step; anchors_per_seq: look-ahead groups per
-    row; loss: ce | kl | tv | accept, targets: data | self, temperature/top_k: the decode's sampling
-    that kl/tv/accept distil (see pass_jax.train.losses); prefix: cached (one no-gradient pass over the
-    tokens) | masked (the reference: one masked forward and backward over tokens and groups);
-    steps, lr, warmup: the warmup-cosine schedule; clip: global gradient norm;
-    eval_every/eval_batches, checkpoint_every/keep: schedules, in steps; eval_sequences x
-    eval_anchors_per_seq: held-out anchors of the [LA]_1 acceptance-and-ceiling eval (0: off);
-    init: start from exported look-ahead parameters (a .npz or Orbax dir, any kind)."""
-
-    num_lookahead: int = 8
-    kind: str = "vectors"
-    adapter_rank: int = 8
-    batch_size: int = 8
-    steps: int = 1000
-    lr: float = 1e-3
-    warmup: int = 50
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    anchors_per_seq: int = 32
-    loss: str = "ce"
-    targets: str = "data"
-    temperature: float = 0.8
-    top_k: int = 10
-    prefix: str = "cached"
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 100
-    eval_batches: int = 8
-    checkpoint_every: int = 100
-    keep: int = 3
-    eval_sequences: int = 16
-    eval_anchors_per_seq: int = 4
-    init: str | None = None
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(temperature=self.temperature, top_k=self.top_k)
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputSection:
-    """dir: the run directory (default runs/<config name>); export: the final .npz (default
-    <dir>/lookahead.npz)."""
-
-    dir: str | None = None
-    export: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    name: str
-    model: ModelSection = ModelSection()
-    data: DataSection = DataSection()
-    train: TrainSection = TrainSection()
-    output: OutputSection = OutputSection()
-    mesh: str | None = None  # e.g. "2x2" (data x tensor); None: every device on the data axis
-    description: str = ""
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output.dir or f"runs/{self.name}").expanduser().absolute()
-
-    @property
-    def export_path(self) -> Path:
-        return Path(self.output.export).expanduser().absolute() if self.output.export else self.run_dir / "lookahead.npz"
-
-
-_AT_LEAST_ONE = ("seq_len", "max_documents", "max_tokens", "eval_max_tokens", "num_lookahead", "batch_size",
-                 "steps", "anchors_per_seq", "adapter_rank", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep",
-                 "top_k")
-_POSITIVE = ("lr", "clip", "temperature")
-_NON_NEGATIVE = ("warmup", "weight_decay")
-
-
-def _check_range(name: str, value: Any, key: str) -> None:
-    """The numeric ranges of the run config's keys (their types are checked by `typed_config.build`)."""
-    if name in _AT_LEAST_ONE and value < 1 or name in _POSITIVE and not 0 < value < np.inf \
-            or name in _NON_NEGATIVE and not 0 <= value < np.inf:
-        rule = "finite and >= 0" if name in _NON_NEGATIVE else "finite and positive" if name in _POSITIVE else "positive"
-        raise ConfigError(f"{key} must be {rule}, got {value!r}")
-
-
-def run_config_from_dict(data: dict, name: str) -> RunConfig:
-    """Validate a train config (as read from JSON, overrides applied) into a RunConfig."""
-    data = dict(data)
-    kind = data.pop("kind", None)
-    if kind != "train":
-        raise ConfigError(f"config {name!r} has kind {kind!r}; `pass-jax train` needs a config with "
-                          '"kind": "train" (model presets are referenced from its "model" section)')
-    config = build(RunConfig, {"name": name, **data}, check=_check_range)
-    _check_consistency(config)
-    return config
-
-
-def _check_consistency(config: RunConfig) -> None:
-    t, d = config.train, config.data
-    choices = {"loss": OBJECTIVES, "targets": TARGETS, "kind": lookahead_lib.KINDS, "prefix": PREFIXES}
-    for key, allowed in choices.items():
-        if getattr(t, key) not in allowed:
-            raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(t, key)!r}")
-    if t.prefix == "masked" and t.targets != "data":
-        raise ConfigError("train.targets=self needs train.prefix=cached (the continuation is sampled on the cache)")
-    if (t.eval_sequences == 0) != (t.eval_anchors_per_seq == 0) or min(t.eval_sequences, t.eval_anchors_per_seq) < 0:
-        raise ConfigError("train.eval_sequences and train.eval_anchors_per_seq must both be positive, or both 0 "
-                          "(no acceptance eval)")
-    if t.anchors_per_seq > num_valid_anchors(d.seq_len, t.num_lookahead):
-        raise ConfigError(f"train.anchors_per_seq={t.anchors_per_seq} exceeds the "
-                          f"{num_valid_anchors(d.seq_len, t.num_lookahead)} anchors with all "
-                          f"{t.num_lookahead} targets inside data.seq_len={d.seq_len}")
-    if config.model.source == RANDOM_MODEL and not config.model.preset:
-        raise ConfigError(f"model.source={RANDOM_MODEL!r} needs model.preset to give the shapes")
-
-
-def load_run_config(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
-    """A train config by name in `configs/` or path, with command-line overrides."""
-    name = resolve_config_path(name_or_path).stem
-    return run_config_from_dict(apply_overrides(load_config_file(name_or_path), list(overrides)), name)
 
 
 # --------------------------------------------------------------------------
@@ -372,125 +210,6 @@ def evaluate(eval_step, model: LoadedModel, lookahead, data: PackedDataset, t: T
 
 
 # --------------------------------------------------------------------------
-# Checkpoints and logs
-# --------------------------------------------------------------------------
-
-RUN_MARKER = "pass_jax_run.json"  # marks a directory as a `pass-jax train` run, which --resume may reuse
-RUN_FORMAT = "pass-jax-train-run-v1"
-# What the optimizer and its schedule are built from: a resumed run that changes them no longer
-# continues the run its checkpoints came from.
-OPTIMIZER_KEYS = ("lr", "warmup", "weight_decay", "clip", "steps")
-
-
-def check_run_outputs(config: RunConfig, resume: bool = False, overwrite: bool = False,
-                      allow_changed_settings: bool = False) -> None:
-    """Before anything is loaded: output.dir must be new, empty or this command's own run (with
-    --resume, and unchanged optimizer settings), and the export must not replace a user's file."""
-    if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite starts afresh: give one of them")
-    run_dir = outputs.check_dir(config.run_dir, "output.dir", overwrite, marker=RUN_MARKER)
-    if (run_dir / RUN_MARKER).is_file() and not overwrite:
-        if not resume:
-            raise ConfigError(f"output.dir {run_dir} holds a run: add --resume to continue it, --overwrite to start "
-                              "afresh, or set output.dir=NEW_DIR")
-        if not allow_changed_settings:
-            _check_unchanged_settings(run_dir, config.train)
-    export = config.export_path
-    if run_dir not in export.parents:
-        if export.suffix == ".npz":
-            outputs.check_files_in(export.parent, [export.name, lookahead_lib.metadata_path(export).name],
-                                   "output.export", overwrite)
-        else:
-            outputs.check_dir(export, "output.export", overwrite)
-
-
-def _check_unchanged_settings(run_dir: Path, t: TrainSection) -> None:
-    path = run_dir / "config.json"
-    if not path.is_file():  # killed before its first step: nothing was trained with other settings
-        return
-    try:
-        before = json.loads(path.read_text())["train"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path}: cannot read the run's settings ({err}); --allow-changed-settings resumes "
-                          "without comparing them") from None
-    changed = [f"train.{key} {before.get(key)!r} -> {getattr(t, key)!r}" for key in OPTIMIZER_KEYS
-               if before.get(key) != getattr(t, key)]
-    if changed:
-        raise ConfigError(f"--resume with changed optimizer settings ({', '.join(changed)}): the checkpoints were "
-                          "trained with the old ones; add --allow-changed-settings to continue anyway")
-
-
-def open_checkpoints(run_dir: Path, t: TrainSection):
-    import orbax.checkpoint as ocp
-
-    # Synchronous saves: the state is small (the look-ahead parameters, three copies), and a killed
-    # run must find its last checkpoint complete; a save cut short by the kill is swept on resume.
-    options = ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(run_dir / "checkpoints", options=options)
-
-
-def data_position(step: int, data: PackedDataset, t: TrainSection) -> dict[str, int]:
-    """What must match for batch k of a resumed run to be batch k of the original run."""
-    return {"step": step, "seed": t.seed, "batch_size": t.batch_size, "num_sequences": len(data),
-            "seq_len": data.seq_len, "process_count": jax.process_count()}
-
-
-def save_checkpoint(manager, step: int, state: dict, data: PackedDataset, t: TrainSection,
-                    force: bool = False) -> None:
-    """Save every train.checkpoint_every steps, or when forced. `step` is passed in, not read from
-    the state, so that skipped saves never wait for the device."""
-    import orbax.checkpoint as ocp
-
-    if step == manager.latest_step() or not (force or step % t.checkpoint_every == 0):
-        return
-    if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(gather_to_host(state["lookahead"]))):
-        raise PassJaxError(f"training diverged: the look-ahead parameters are not finite at step {step}; lower "
-                           "train.lr (the checkpoints so far hold finite ones)")
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=ocp.args.JsonSave(data_position(step, data, t))),
-                 force=True)
-
-
-def restore_checkpoint(manager, state: dict, data: PackedDataset, t: TrainSection) -> dict:
-    """The latest checkpoint into `state`'s shapes and shardings; refuses changed data."""
-    import orbax.checkpoint as ocp
-
-    step = manager.latest_step()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                             data=ocp.args.JsonRestore()))
-    expected = data_position(step, data, t)
-    if restored["data"] != expected:
-        changed = sorted(k for k in expected if restored["data"].get(k) != expected[k])
-        raise PassJaxError(f"cannot resume step {step} exactly: {', '.join(changed)} changed since the "
-                           f"checkpoint ({restored['data']} vs now {expected})")
-    return restored["state"]
-
-
-class MetricsLog:
-    """metrics.jsonl in the run dir, written by process 0. On resume, records after the restored
-    step (written before the kill, to be redone) are dropped, and so is a line the kill cut short
-    (not a JSON record)."""
-
-    def __init__(self, path: Path, start_step: int):
-        self.path = path
-        self.enabled = jax.process_index() == 0
-        if not self.enabled:
-            return
-        kept = []
-        if start_step > 0 and path.is_file():
-            kept = [line for line, record in map(parse_record, path.read_text().splitlines())
-                    if record is not None and record["step"] <= start_step]
-        outputs.write_text(path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-# --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
 
@@ -501,13 +220,7 @@ def train(config: RunConfig, model: LoadedModel, mesh, train_data: PackedDataset
     t = config.train
     local_batch_size(t, mesh)  # fail early on a batch the hosts cannot share
     run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        outputs.write_text(run_dir / RUN_MARKER, json.dumps({"format": RUN_FORMAT}))
-        if overwrite:
-            for name in ("checkpoints", "metrics.jsonl"):
-                outputs.remove(run_dir / name)
-    outputs.sync_processes("run dir ready")
+    prepare_run_dir(run_dir, overwrite)
     state = init_state(model, t, mesh)
     with open_checkpoints(run_dir, t) as manager:
         if manager.latest_step() is not None:
@@ -516,8 +229,7 @@ def train(config: RunConfig, model: LoadedModel, mesh, train_data: PackedDataset
                                    "to continue that run, --overwrite to start afresh, or set output.dir=NEW_DIR")
             state = restore_checkpoint(manager, state, train_data, t)
         start = int(gather_to_host(state["step"]))
-        if jax.process_index() == 0:  # what a later --resume compares its optimizer settings with
-            outputs.write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=1))
+        write_settings(run_dir, config)
         log = MetricsLog(run_dir / "metrics.jsonl", start)
         eval_step = make_eval_step(model.config, t)
         if start == 0:  # the untrained baseline

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     import jax
 
     from pass_jax.sharding import make_mesh
-    from .loop import init_state, load_base_model, load_run_config, load_split, make_train_step
+    from .loop import init_state, load_base_model, load_split, make_train_step
+    from .run_config import load_run_config
 
     config = load_run_config(args.config, args.overrides)
     mesh = make_mesh(config.mesh)

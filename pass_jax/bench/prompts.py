@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..cli_args import log, read_prompts
 from .settings import BenchError
 
-CORPUS_FOR_DOMAIN = {"text": "wiki", "code": "python"}  # pass_jax.train.data sources of the held-out prompts
+CORPUS_FOR_DOMAIN = {"text": "wiki", "code": "python"}  # pass_jax.corpora sources of the held-out prompts
 
 
 def prefix_prompt(tokenizer, text: str, prompt_tokens: int) -> str | None:
@@ -26,15 +26,16 @@ def prefix_prompt(tokenizer, text: str, prompt_tokens: int) -> str | None:
 
 
 def corpus_prompts(tokenizer, domain: str, num_prompts: int, prompt_tokens: int) -> list[str]:
-    """Prefixes of held-out test documents of the text (wiki) or code (python) corpus.
+    """Prefixes of held-out test documents of the text (wiki) or code (python) corpus, in the order
+    the training pipeline reads them (`pass_jax.corpora.held_out_documents`).
 
     Documents shorter than `prompt_tokens` tokens are skipped (see `prefix_prompt`).
     """
-    from ..train import data  # imports tensorflow_datasets: only when the built-in prompts are used
+    from .. import corpora  # reads the corpus (the wiki one fetched on first use): only for built-in prompts
 
     prompts = []
-    for document in data.load_documents(CORPUS_FOR_DOMAIN[domain], split="test"):
-        prompt = prefix_prompt(tokenizer, document["text"], prompt_tokens)
+    for document in corpora.held_out_documents(CORPUS_FOR_DOMAIN[domain]):
+        prompt = prefix_prompt(tokenizer, document.text, prompt_tokens)
         if prompt is not None:
             prompts.append(prompt)
         if len(prompts) == num_prompts:

@@ -1,4 +1,5 @@
-"""Offline text corpora for training the look-ahead vectors.
+"""Offline text corpora and their hashed train/test split: what `pass_jax.train` trains and
+evaluates on, and what `pass-jax bench` takes its held-out prompts from.
 
 Three kinds of corpus, all read without the internet:
 
@@ -13,7 +14,12 @@ Three kinds of corpus, all read without the internet:
   a ``"text"`` key (and optional ``"id"``), or a single text file.
 
 Every corpus is a sorted list of :class:`Document`, so that the same files give
-the same list on every host.
+the same list on every host. A document is held out (the ``test`` split) when a
+hash of its id falls in the first 5% of buckets, so the split is stable across
+runs, hosts and corpus growth. The training pipeline (``pass_jax.train.data``:
+TFDS builder, packing) is built on this module; this module imports neither TFDS
+nor JAX, so ``bench`` reads held-out documents through :func:`held_out_documents`
+without it.
 """
 
 from __future__ import annotations
@@ -28,12 +34,18 @@ import sys
 import sysconfig
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from pass_jax import defaults
 from pass_jax.errors import PassJaxError
 from tqdm import tqdm
+
+SPLITS = ("train", "test")
+HASH_BUCKETS = 10_000
+TEST_BUCKETS = 500  # 500 / 10,000 = 5% of documents held out.
+LOCAL_SOURCES = ("wiki", "python")
 
 WIKI_WHEEL_SPEC = "exllamav2==0.3.2"
 WIKI_MEMBER = "exllamav2/conversion/standard_cal_data/wiki.utf8"
@@ -229,3 +241,75 @@ def local_fingerprint(path: str | os.PathLike) -> str:
         st = p.stat()
         h.update(f"\0{p.relative_to(root) if root.is_dir() else p.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()[:12]
+
+
+def source_documents(source: str, cache_dir: str | os.PathLike | None = None) -> list[Document]:
+    """All documents of a local source, before the split: ``wiki`` (raw text cached in ``cache_dir``),
+    ``python``, or a corpus path."""
+    if source == "wiki":
+        return wiki_documents(cache_dir)
+    if source == "python":
+        return python_documents()
+    return local_documents(source)
+
+
+# --------------------------------------------------------------------------
+# Train/test split
+# --------------------------------------------------------------------------
+
+def hash_bucket(doc_id: str) -> int:
+    """Stable bucket in [0, HASH_BUCKETS) of a document id."""
+    digest = hashlib.sha1(doc_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % HASH_BUCKETS
+
+
+def is_test_id(doc_id: str) -> bool:
+    """Whether a document id belongs to the held-out ``test`` split."""
+    return hash_bucket(doc_id) < TEST_BUCKETS
+
+
+def split_documents(docs: Sequence[Document]) -> dict[str, list[Document]]:
+    """Split documents into ``train`` and ``test`` by id hash (~5% test).
+
+    Small corpora may hash no document into one side; then the document with
+    the most extreme bucket moves over, so both splits are non-empty (TFDS
+    cannot write an empty split, and training or evaluating on nothing is an
+    error anyway). The rule is still deterministic.
+    """
+    if len(docs) < 2:
+        raise CorpusError(f"a corpus needs at least 2 documents for a train/test split, got {len(docs)}")
+    test = [d for d in docs if is_test_id(d.id)]
+    train = [d for d in docs if not is_test_id(d.id)]
+    if not test:
+        moved = min(train, key=lambda d: (hash_bucket(d.id), d.id))
+        train.remove(moved)
+        test = [moved]
+    elif not train:
+        moved = max(test, key=lambda d: (hash_bucket(d.id), d.id))
+        test.remove(moved)
+        train = [moved]
+    return {"train": train, "test": test}
+
+
+def stored_order(docs: Sequence[Document], split: str) -> list[Document]:
+    """A split's documents in the order the training pipeline's TFDS dataset stores and reads them.
+
+    ``pass_jax.train.data`` writes a split with its documents' positions as keys, and TFDS sorts the
+    examples by the md5 of the split's name followed by the key (``tfds.core.hashing.Hasher``, kept
+    stable by TFDS since a change reorders every dataset). So this order needs no TFDS;
+    ``tests/test_data.py`` checks it against the pipeline.
+    """
+    salt = hashlib.md5(split.encode("utf-8"))
+
+    def key(position: int) -> int:
+        digest = salt.copy()
+        digest.update(str(position).encode("utf-8"))
+        return int(digest.hexdigest(), 16)
+
+    return [docs[i] for i in sorted(range(len(docs)), key=key)]
+
+
+def held_out_documents(source: str, cache_dir: str | os.PathLike | None = None) -> list[Document]:
+    """The ``test`` split of a local source, in the order ``pass_jax.train.data.load_documents`` reads
+    it (without building its TFDS dataset)."""
+    return stored_order(split_documents(source_documents(source, cache_dir))["test"], "test")
