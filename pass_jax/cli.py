@@ -226,12 +226,22 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_
 
 
 def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    import jax
+
+    from . import outputs
     from .loading import check_convert_destination, load_model, save_converted
 
-    check_convert_destination(args.dst, args.overwrite)
-    log(f"loading {args.src} ...")
-    model = load_model(args.src)
-    save_converted(model, args.dst, overwrite=args.overwrite)
+    dst = check_convert_destination(args.dst, args.overwrite)
+    with outputs.locked(dst, "destination"):  # a second convert to DST is refused while this one runs
+        check_convert_destination(args.dst, args.overwrite)  # again, now that it is ours
+        log(f"loading {args.src} ...")
+        model = load_model(args.src)
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
+        outputs.check_space(dst, needed)
+        with outputs.write_errors(dst, needed):
+            save_converted(model, args.dst, overwrite=args.overwrite)
     log(f"wrote an Orbax checkpoint of {model.config.num_params():,} parameters to {args.dst}; "
         f"load it with --model {args.dst}")
     return 0
@@ -314,6 +324,28 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pass-jax generate ... | head`: the reader is gone, as for any Unix tool
+        _silence_stdout()
+        return 141
+    except Exception as err:  # a full disk under any writer: one line, like a user error
+        from .outputs import is_no_space, no_space_error
+        if not is_no_space(err):
+            raise
+        if args.debug or os.environ.get("PASS_JAX_DEBUG") == "1":
+            traceback.print_exc()
+        filename = next((e.filename for e in (err, err.__cause__, err.__context__) if getattr(e, "filename", None)),
+                        os.getcwd())
+        print(f"pass-jax {args.command}: error: {no_space_error(filename)}", file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
