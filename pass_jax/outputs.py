@@ -15,6 +15,7 @@ humaneval --json`, exported look-ahead parameters) goes through here:
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -22,6 +23,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -163,9 +165,27 @@ def atomic_dir(path, is_writer: bool = True) -> Iterator:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.rename(path)
+    except KeyboardInterrupt:
+        if is_writer:
+            _after_interrupt(tmp)
+        raise
     finally:
         if is_writer and tmp.exists():
             remove(tmp)
+
+
+def _after_interrupt(tmp: Path) -> None:
+    """Ctrl-C while a library's background threads (Orbax's) still write into `tmp`: their failures are
+    not news (one "interrupted" line says it), and what they write after the `finally` removed `tmp` is
+    removed once they have ended (the interpreter joins them before it runs atexit functions)."""
+    def quiet(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    logging.getLogger("absl").addFilter(quiet)
+    logging.getLogger("asyncio").addFilter(quiet)
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
+    atexit.register(lambda: tmp.exists() and remove(tmp))
 
 
 # --- locks ------------------------------------------------------------------------------------------
