@@ -327,6 +327,8 @@ def write_errors(path, needed: int | None = None) -> Iterator[None]:
         raise
     except Exception as err:
         if isinstance(path, Path) and is_no_space(err):
+            previous = sys.unraisablehook  # an abandoned writer's event loop, closed under its callbacks
+            sys.unraisablehook = lambda u: None if "Event loop is closed" in str(u.exc_value) else previous(u)
             raise no_space_error(path, needed) from err
         raise
     for logger in loggers:
