@@ -235,3 +235,47 @@ def test_stream_into_a_closed_pipe_is_quiet():
         stderr = (Path(work) / "err.txt").read_text()
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert done.stdout.strip() == "141", (done.stdout, stderr)
+
+
+# --- smaller rows -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdin"])
+def test_prompts_from_standard_input(name, monkeypatch):
+    import io
+
+    from pass_jax.cli_args import read_prompts
+
+    class Stdin:
+        buffer = io.BytesIO(b'{"prompt": "one"}\n{"prompt": "two"}\n')
+
+    if name == "-":
+        monkeypatch.setattr(sys, "stdin", Stdin)
+        assert read_prompts(None, "-") == ["one", "two"]
+    else:  # a real pipe on the real standard input of a real process
+        code = "from pass_jax.cli_args import read_prompts; print(read_prompts(None, '/dev/stdin'))"
+        done = subprocess.run([sys.executable, "-c", code], input='{"prompt": "one"}\n', capture_output=True, text=True)
+        assert done.stdout.strip() == "['one']", done.stderr
+
+
+def test_damaged_compilation_cache_entry_is_repaired(tmp_path):
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "from pass_jax.cli_args import enable_compilation_cache; enable_compilation_cache()\n"
+            "import jax, jax.numpy as jnp; print(jax.jit(lambda x: x * 2 + 1)(jnp.arange(3.0)))")
+    env = {**os.environ, "PASS_JAX_CACHE": str(tmp_path), "PASS_JAX_COMPILATION_CACHE": "1"}
+
+    def run() -> str:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip() == "[1. 3. 5.]", done.stderr
+        return done.stderr
+
+    run()
+    entries = sorted((tmp_path / "xla").glob("*-cache"))
+    assert entries
+    for entry in entries:  # overwrite bytes inside each entry
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 3: len(data) // 3 + 64] = b"\xff" * 64
+        entry.write_bytes(bytes(data))
+    damaged = run()
+    assert "Error reading persistent compilation cache" not in damaged, damaged
+    assert "removed a damaged compilation cache entry" in damaged
+    assert run().strip() == ""  # repaired: quiet, loaded from the cache
