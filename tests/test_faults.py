@@ -279,3 +279,28 @@ def test_damaged_compilation_cache_entry_is_repaired(tmp_path):
     assert "Error reading persistent compilation cache" not in damaged, damaged
     assert "removed a damaged compilation cache entry" in damaged
     assert run().strip() == ""  # repaired: quiet, loaded from the cache
+
+
+def test_damaged_corpus_cache_is_rebuilt(corpus, tmp_path, capsys):
+    from pass_jax.train import data
+
+    first = list(data.load_documents(str(corpus), "train", cache_dir=tmp_path))
+    out = capsys.readouterr()
+    assert "Downloading and preparing" not in out.out + out.err and out.out == ""
+    assert f"preparing the corpus {corpus} (once" in out.err
+    (shard,) = (tmp_path / "tfds").rglob("*-train.array_record-*")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size * 3 // 4])  # truncated
+    assert list(data.load_documents(str(corpus), "train", cache_dir=tmp_path)) == first
+    assert f"the corpus cache {shard.parent} is damaged (" in capsys.readouterr().err
+    assert list(data.load_documents(str(corpus), "train", cache_dir=tmp_path)) == first
+    assert "damaged" not in capsys.readouterr().err  # rebuilt
+
+
+def test_refused_corpus_leaves_no_cache_directory(tmp_path):
+    from pass_jax.train import data
+    from pass_jax.train.corpora import CorpusError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError):
+        list(data.load_documents(str(tmp_path / "empty"), "train", cache_dir=tmp_path / "cache"))
+    assert not list((tmp_path / "cache").rglob("local_*"))
