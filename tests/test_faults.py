@@ -304,3 +304,14 @@ def test_refused_corpus_leaves_no_cache_directory(tmp_path):
     with pytest.raises(CorpusError):
         list(data.load_documents(str(tmp_path / "empty"), "train", cache_dir=tmp_path / "cache"))
     assert not list((tmp_path / "cache").rglob("local_*"))
+
+
+def test_an_emoji_cut_by_the_budget_is_dropped_not_replaced():
+    from pass_jax.generate import decode_whole_characters
+    from pass_jax.loading import bundled_gguf_path, gguf_tokenizer
+
+    tokenizer = gguf_tokenizer(bundled_gguf_path())
+    ids = tokenizer.encode("Dragons 🐉", add_special_tokens=False)
+    assert tokenizer.decode(ids[:-1]).endswith("\ufffd")  # the emoji is several byte tokens
+    assert decode_whole_characters(tokenizer, ids[:-1]) == "Dragons"  # the space came in the emoji's first token
+    assert decode_whole_characters(tokenizer, ids) == "Dragons 🐉"
