@@ -334,9 +334,20 @@ def main(argv=None) -> int:
         if args.debug or os.environ.get("PASS_JAX_DEBUG") == "1":
             traceback.print_exc()
         filename = next((e.filename for e in (err, err.__cause__, err.__context__) if getattr(e, "filename", None)),
-                        os.getcwd())
-        print(f"pass-jax {args.command}: error: {no_space_error(filename)}", file=sys.stderr)
-        return 1
+                        None)
+        if filename is None:  # a write to stdout (`> FILE`): name its file
+            filename = _stdout_path()
+            _silence_stdout()  # the interpreter's last flush would fail again
+        print(f"pass-jax {args.command}: error: {no_space_error(filename or os.getcwd())}", file=sys.stderr)
+        return 2
+
+
+def _stdout_path() -> str | None:
+    try:
+        target = os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+    except (OSError, ValueError):
+        return None
+    return target if target.startswith("/") else None
 
 
 def _silence_stdout() -> None:

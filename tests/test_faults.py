@@ -315,3 +315,14 @@ def test_an_emoji_cut_by_the_budget_is_dropped_not_replaced():
     assert tokenizer.decode(ids[:-1]).endswith("\ufffd")  # the emoji is several byte tokens
     assert decode_whole_characters(tokenizer, ids[:-1]) == "Dragons"  # the space came in the emoji's first token
     assert decode_whole_characters(tokenizer, ids) == "Dragons 🐉"
+
+
+def test_json_onto_a_full_disk(tmp_path):
+    """`generate --json > FILE` on a full file system: one line naming the file, no traceback."""
+    with small_disk(tmp_path / "disk", "4k") as disk:
+        (disk / "fill").write_bytes(b"\0" * 4096)
+        with open(disk / "out.json", "w") as out:
+            done = subprocess.run(CLI + ["generate", "--prompt", "Hi", "--max-new-tokens", "4", "--mode", "ar", "--json"],
+                                  stdout=out, stderr=subprocess.PIPE, text=True, timeout=STARTUP_LIMIT_S)
+    assert done.returncode == 2
+    one_error_line(done.stderr, f"no space left on {disk} (writing {disk / 'out.json'})")
