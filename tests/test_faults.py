@@ -326,3 +326,58 @@ def test_json_onto_a_full_disk(tmp_path):
                                   stdout=out, stderr=subprocess.PIPE, text=True, timeout=STARTUP_LIMIT_S)
     assert done.returncode == 2
     one_error_line(done.stderr, f"no space left on {disk} (writing {disk / 'out.json'})")
+
+
+# --- damaged caches and checkpoints -----------------------------------------------------------------
+
+def test_damaged_model_cache_is_found_and_rebuilt(tmp_path, monkeypatch, capsys):
+    """Bytes inside a cached float32 weight overwritten, its .npy header intact: the SHA-256 kept in the
+    entry's pass_jax.json no longer matches; the entry is rebuilt with one line, never used."""
+    import jax
+    import numpy as np
+
+    from pass_jax.loading import gguf_cache_entry, load_model
+    from pass_jax.loading.common import bundled_gguf_path
+
+    monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path))
+    first = jax.tree.leaves(load_model("smollm2-135m").params)
+    capsys.readouterr()
+    weight = gguf_cache_entry(bundled_gguf_path()) / "params" / "layer_3.mlp.w_up.npy"
+    with open(weight, "r+b") as f:
+        f.seek(weight.stat().st_size // 2)
+        f.write(b"\0" * 4096)  # zeroed bytes gave a plausible, wrong answer before
+    again = jax.tree.leaves(load_model("smollm2-135m").params)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pass-jax")]
+    assert len(notes) == 1 and "is damaged (params/layer_3.mlp.w_up.npy does not match" in notes[0], notes
+    assert notes[0].endswith("rebuilding it")
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    load_model("smollm2-135m")
+    assert "pass-jax" not in capsys.readouterr().err  # rebuilt: a quiet load from the cache
+
+
+def test_converted_checkpoint_with_a_missing_file(make_hf_llama, tmp_path):
+    import shutil
+
+    from pass_jax.loading import LoadError, load_model, save_converted
+
+    src, _ = make_hf_llama(tmp_path / "hf")
+    dst = tmp_path / "converted"
+    save_converted(load_model(src), dst)
+    meta = json.loads((dst / "pass_jax.json").read_text())
+    assert "tokenizer.json" in meta["tokenizer_files"]
+
+    (dst / "tokenizer" / "tokenizer.json").rename(tmp_path / "kept.json")
+    with pytest.raises(LoadError, match=f"{dst / 'tokenizer' / 'tokenizer.json'} is missing"):
+        load_model(dst)
+    meta.pop("tokenizer_files")  # a checkpoint written before the list: the message names the model's directory
+    (dst / "pass_jax.json").write_text(json.dumps(meta))
+    with pytest.raises(LoadError) as caught:
+        load_model(dst)
+    assert str(caught.value).startswith(f"{dst / 'tokenizer'}: cannot load the tokenizer")
+    (tmp_path / "kept.json").rename(dst / "tokenizer" / "tokenizer.json")
+
+    (dst / "pass_jax.json").unlink()
+    with pytest.raises(LoadError, match="converted checkpoint without its pass_jax.json"):
+        load_model(dst)
+    shutil.rmtree(dst)
