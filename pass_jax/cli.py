@@ -73,7 +73,7 @@ def _shown_prompt(prompt: str, chat: bool) -> str:
 def cmd_generate(args) -> int:
     from .decoding import check_settings
     from .generate import Generator, resolve_lookahead
-    from .loading import load_model
+    from .loading import context_length, load_model
 
     # Reject bad settings before spending seconds on loading the model.
     prompts = read_prompts(args.prompt, args.prompts)
@@ -91,6 +91,10 @@ def cmd_generate(args) -> int:
     stream = (sys.stdout.isatty() if args.stream is None else args.stream) and not args.json and args.batch_size == 1
     if args.mode == "pass":
         check_lookahead_arg(args.lookahead)
+    context = context_length(args.model)
+    if context is not None and args.max_new_tokens >= context:
+        raise PassJaxError(f"--max-new-tokens {args.max_new_tokens} does not fit the model's context of {context} "
+                           f"tokens with any prompt: give at most {context - 1} (less the prompt's length)")
     enable_compilation_cache()
     log(f"loading {args.model} ...")
     start = time.perf_counter()
@@ -226,22 +230,15 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_
 
 
 def cmd_convert(args) -> int:
-    from pathlib import Path
-
-    import jax
-
     from . import outputs
     from .loading import check_convert_destination, load_model, save_converted
 
     dst = check_convert_destination(args.dst, args.overwrite)
-    with outputs.locked(dst, "destination"):  # a second convert to DST is refused while this one runs
+    with outputs.locked(dst, "destination"):  # from before loading: a second convert to DST is refused at once
         check_convert_destination(args.dst, args.overwrite)  # again, now that it is ours
         log(f"loading {args.src} ...")
         model = load_model(args.src)
-        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
-        outputs.check_space(dst, needed)
-        with outputs.write_errors(dst, needed):
-            save_converted(model, args.dst, overwrite=args.overwrite)
+        save_converted(model, args.dst, overwrite=args.overwrite)
     log(f"wrote an Orbax checkpoint of {model.config.num_params():,} parameters to {args.dst}; "
         f"load it with --model {args.dst}")
     return 0

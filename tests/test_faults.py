@@ -337,7 +337,7 @@ def test_damaged_model_cache_is_found_and_rebuilt(tmp_path, monkeypatch, capsys)
     import numpy as np
 
     from pass_jax.loading import gguf_cache_entry, load_model
-    from pass_jax.loading.common import bundled_gguf_path
+    from pass_jax.loading import bundled_gguf_path
 
     monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path))
     first = jax.tree.leaves(load_model("smollm2-135m").params)
@@ -348,7 +348,7 @@ def test_damaged_model_cache_is_found_and_rebuilt(tmp_path, monkeypatch, capsys)
         f.write(b"\0" * 4096)  # zeroed bytes gave a plausible, wrong answer before
     again = jax.tree.leaves(load_model("smollm2-135m").params)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pass-jax")]
-    assert len(notes) == 1 and "is damaged (params/layer_3.mlp.w_up.npy does not match" in notes[0], notes
+    assert len(notes) == 1 and "cannot be used (params/layer_3.mlp.w_up.npy does not match" in notes[0], notes
     assert notes[0].endswith("rebuilding it")
     for a, b in zip(first, again):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

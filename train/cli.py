@@ -147,15 +147,8 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=1))
         return 0
-    import jax
-    from pass_jax import outputs
-
-    # One process writes a run directory at a time: a second `train` into it (a --resume of a run still
-    # going, two fresh runs at once) is refused with one line. Process 0 locks for a multi-host job.
-    run_dir = config.run_dir if jax.process_index() == 0 else None
-    with outputs.locked(run_dir, "output.dir"), outputs.write_errors(run_dir):
-        final = run(config, resume=args.resume, command=command_line(args) + " --resume" * args.resume,
-                    overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings)
+    final = run(config, resume=args.resume, command=command_line(args) + " --resume" * args.resume,
+                overwrite=args.overwrite, allow_changed_settings=args.allow_changed_settings)
     print(json.dumps({"run_dir": str(config.run_dir), "lookahead": str(config.export_path), "final_eval": final}))
     return 0
 
