@@ -298,7 +298,7 @@ def test_damaged_corpus_cache_is_rebuilt(corpus, tmp_path, capsys):
 
 def test_refused_corpus_leaves_no_cache_directory(tmp_path):
     from pass_jax.train import data
-    from pass_jax.train.corpora import CorpusError
+    from pass_jax.corpora import CorpusError
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(CorpusError):
