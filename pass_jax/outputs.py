@@ -165,19 +165,20 @@ def atomic_dir(path, is_writer: bool = True) -> Iterator:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.rename(path)
-    except KeyboardInterrupt:
-        if is_writer:
-            _after_interrupt(tmp)
+    except BaseException as err:
+        if is_writer:  # a library's background threads may still write into tmp after `finally`
+            atexit.register(lambda: tmp.exists() and remove(tmp))  # the interpreter joins them first
+            if isinstance(err, KeyboardInterrupt):
+                _after_interrupt()
         raise
     finally:
         if is_writer and tmp.exists():
             remove(tmp)
 
 
-def _after_interrupt(tmp: Path) -> None:
-    """Ctrl-C while a library's background threads (Orbax's) still write into `tmp`: their failures are
-    not news (one "interrupted" line says it), and what they write after the `finally` removed `tmp` is
-    removed once they have ended (the interpreter joins them before it runs atexit functions)."""
+def _after_interrupt() -> None:
+    """Ctrl-C while a library's background threads (Orbax's) still write: their failures are not news
+    (one "interrupted" line says it)."""
     def quiet(record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR
 
@@ -185,7 +186,6 @@ def _after_interrupt(tmp: Path) -> None:
     logging.getLogger("asyncio").addFilter(quiet)
     sys.unraisablehook = lambda unraisable: None
     threading.excepthook = lambda args: None
-    atexit.register(lambda: tmp.exists() and remove(tmp))
 
 
 # --- locks ------------------------------------------------------------------------------------------
@@ -321,18 +321,27 @@ def write_errors(path, needed: int | None = None) -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     for logger in loggers:
         logger.addFilter(_not_no_space)
+    # TensorStore's callbacks into an abandoned writer's closed event loop print "Event loop is closed"
+    # through sys.excepthook (PyErr_Print) or as unraisable exceptions, a traceback each, while the
+    # failed save unwinds.
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda kind, value, tb: None if _closed_loop(value) else excepthook(kind, value, tb)
+    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else unraisablehook(u)
     try:
         yield
     except OutputError:
         raise
     except Exception as err:
         if isinstance(path, Path) and is_no_space(err):
-            previous = sys.unraisablehook  # an abandoned writer's event loop, closed under its callbacks
-            sys.unraisablehook = lambda u: None if "Event loop is closed" in str(u.exc_value) else previous(u)
-            raise no_space_error(path, needed) from err
+            raise no_space_error(path, needed) from err  # the filters stay: the reports keep coming
         raise
     for logger in loggers:
         logger.removeFilter(_not_no_space)
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
+def _closed_loop(err) -> bool:
+    return isinstance(err, RuntimeError) and "Event loop is closed" in str(err)
 
 
 def _not_no_space(record: logging.LogRecord) -> bool:
