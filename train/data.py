@@ -194,6 +194,11 @@ def _remove_empty_parents(directory: Path, root: Path) -> None:
 DAMAGED_RECORDS = ("Riegeli", "ArrayRecord file", "corrupted", "Corrupted")
 
 
+def _reason(err: BaseException) -> str:
+    """Riegeli's message up to its first ';' (the rest is where it was reading)."""
+    return str(err).splitlines()[0].split(";")[0][:200]
+
+
 def _is_damaged(err: BaseException) -> bool:
     return isinstance(err, (RuntimeError, OSError, ValueError)) and any(m in str(err) for m in DAMAGED_RECORDS)
 
@@ -216,7 +221,7 @@ def _local_source(source: str, split: str, data_dir, cache_dir):
     except Exception as err:
         if not _is_damaged(err):
             raise
-        print(f"pass-jax: the corpus cache {builder.data_dir} is damaged ({str(err).splitlines()[0][:120]}); "
+        print(f"pass-jax: the corpus cache {builder.data_dir} is damaged ({_reason(err)}); "
               "rebuilding it", file=sys.stderr, flush=True)
         shutil.rmtree(builder.data_dir, ignore_errors=True)
     builder = local_builder(source, data_dir, cache_dir)
@@ -225,7 +230,7 @@ def _local_source(source: str, split: str, data_dir, cache_dir):
     except Exception as err:
         if _is_damaged(err):
             raise CorpusError(f"the corpus cache {builder.data_dir} is damaged and rebuilding it did not help "
-                              f"({str(err).splitlines()[0][:120]}); delete it and check the disk") from None
+                              f"({_reason(err)}); delete it and check the disk") from None
         raise
 
 
@@ -235,7 +240,7 @@ def _checked_records(source, id_key: str, text_key: str, where: str) -> Iterator
         yield from _records(source, id_key, text_key)
     except Exception as err:
         if _is_damaged(err):
-            raise CorpusError(f"the corpus cache {where} is damaged ({str(err).splitlines()[0][:120]}): delete that "
+            raise CorpusError(f"the corpus cache {where} is damaged ({_reason(err)}): delete that "
                               "directory and run again to rebuild it") from None
         raise
 
