@@ -93,8 +93,8 @@ def cmd_generate(args) -> int:
         check_lookahead_arg(args.lookahead)
     context = context_length(args.model)
     if context is not None and args.max_new_tokens >= context:
-        raise PassJaxError(f"--max-new-tokens {args.max_new_tokens} does not fit the model's context of {context} "
-                           f"tokens with any prompt: give at most {context - 1} (less the prompt's length)")
+        raise PassJaxError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens "
+                           f"(no room for a prompt): give at most {context - 1}, less the prompt's length")
     enable_compilation_cache()
     log(f"loading {args.model} ...")
     start = time.perf_counter()
