@@ -73,7 +73,7 @@ def _shown_prompt(prompt: str, chat: bool) -> str:
 def cmd_generate(args) -> int:
     from .decoding import check_settings
     from .generate import Generator, resolve_lookahead
-    from .loading import load_model
+    from .loading import context_length, load_model
 
     # Reject bad settings before spending seconds on loading the model.
     prompts = read_prompts(args.prompt, args.prompts)
@@ -91,6 +91,10 @@ def cmd_generate(args) -> int:
     stream = (sys.stdout.isatty() if args.stream is None else args.stream) and not args.json and args.batch_size == 1
     if args.mode == "pass":
         check_lookahead_arg(args.lookahead)
+    context = context_length(args.model)
+    if context is not None and args.max_new_tokens >= context:
+        raise PassJaxError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens "
+                           f"(no room for a prompt): give at most {context - 1}, less the prompt's length")
     enable_compilation_cache()
     log(f"loading {args.model} ...")
     start = time.perf_counter()
@@ -226,12 +230,15 @@ def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_
 
 
 def cmd_convert(args) -> int:
+    from . import outputs
     from .loading import check_convert_destination, load_model, save_converted
 
-    check_convert_destination(args.dst, args.overwrite)
-    log(f"loading {args.src} ...")
-    model = load_model(args.src)
-    save_converted(model, args.dst, overwrite=args.overwrite)
+    dst = check_convert_destination(args.dst, args.overwrite)
+    with outputs.locked(dst, "destination"):  # from before loading: a second convert to DST is refused at once
+        check_convert_destination(args.dst, args.overwrite)  # again, now that it is ours
+        log(f"loading {args.src} ...")
+        model = load_model(args.src)
+        save_converted(model, args.dst, overwrite=args.overwrite)
     log(f"wrote an Orbax checkpoint of {model.config.num_params():,} parameters to {args.dst}; "
         f"load it with --model {args.dst}")
     return 0
@@ -314,6 +321,39 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pass-jax generate ... | head`: the reader is gone, as for any Unix tool
+        _silence_stdout()
+        return 141
+    except Exception as err:  # a full disk under any writer: one line, like a user error
+        from .outputs import is_no_space, no_space_error
+        if not is_no_space(err):
+            raise
+        if args.debug or os.environ.get("PASS_JAX_DEBUG") == "1":
+            traceback.print_exc()
+        filename = next((e.filename for e in (err, err.__cause__, err.__context__) if getattr(e, "filename", None)),
+                        None)
+        if filename is None:  # a write to stdout (`> FILE`): name its file
+            filename = _stdout_path()
+            _silence_stdout()  # the interpreter's last flush would fail again
+        print(f"pass-jax {args.command}: error: {no_space_error(filename or os.getcwd())}", file=sys.stderr)
+        return 2
+
+
+def _stdout_path() -> str | None:
+    try:
+        target = os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+    except (OSError, ValueError):
+        return None
+    return target if target.startswith("/") else None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

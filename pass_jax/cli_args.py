@@ -81,13 +81,20 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
     """--prompt TEXT (repeatable) then the prompts of --prompts FILE.jsonl (one {"prompt": ...} a line)."""
     prompts = list(prompt or [])
     if prompts_file:
-        path = Path(prompts_file)
-        if not path.is_file():
+        # `-` is standard input, as for Unix tools; so are /dev/stdin, a named pipe or <(...), which are
+        # not regular files but read fine.
+        path = Path("<stdin>" if prompts_file == "-" else prompts_file)
+        if prompts_file != "-" and not path.exists():
             raise PassJaxError(f"prompts file {path} not found")
+        if path.is_dir():
+            raise PassJaxError(f"prompts file {path} is a directory")
         try:
-            text = path.read_text(encoding="utf-8")
+            data = sys.stdin.buffer.read() if prompts_file == "-" else path.read_bytes()
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise PassJaxError(f"prompts file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except OSError as err:
+            raise PassJaxError(f"prompts file {path}: cannot read it ({err.strerror or err})") from None
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -113,5 +120,32 @@ def enable_compilation_cache() -> None:
     if os.environ.get("PASS_JAX_COMPILATION_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
         return
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    _repair_damaged_entries(cache_dir() / "xla")
     # Cache every program: JAX's default skips those that compiled in under a second.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _repair_damaged_entries(directory: Path) -> None:
+    """A damaged entry (a truncated or overwritten file) would fail to load on every run, each time with
+    JAX's warning, and be recompiled but never rewritten (JAX writes only missing entries). Remove it
+    when it fails to load, with one line: JAX then compiles and writes a good one."""
+    try:
+        from jax._src import compilation_cache
+        read = compilation_cache.get_executable_and_time
+    except (ImportError, AttributeError):  # another JAX version: its own behaviour
+        return
+    if getattr(read, "_pass_jax_repairs", False):
+        return
+
+    def get_executable_and_time(cache_key, *args, **kwargs):
+        try:
+            return read(cache_key, *args, **kwargs)
+        except Exception as err:
+            for suffix in ("-cache", "-atime"):
+                (directory / f"{cache_key}{suffix}").unlink(missing_ok=True)
+            log(f"pass-jax: removed a damaged compilation cache entry {directory / cache_key} "
+                f"({type(err).__name__}); compiling it again")
+            return None, None
+
+    get_executable_and_time._pass_jax_repairs = True
+    compilation_cache.get_executable_and_time = get_executable_and_time

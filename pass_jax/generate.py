@@ -60,6 +60,19 @@ def resolve_chat(tokenizer, chat: bool | str) -> bool:
     return chat
 
 
+def decode_whole_characters(tokenizer, ids: Sequence[int]) -> str:
+    """The text of `ids`, without a last character that the token budget cut inside its UTF-8 bytes (an
+    emoji spans several byte tokens): the tokenizer would end the text with U+FFFD instead."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for cut in range(1, min(4, len(ids)) + 1):  # a UTF-8 character has at most 4 bytes
+        if not text.endswith("\ufffd"):
+            break
+        shorter = tokenizer.decode(ids[:-cut], skip_special_tokens=True)
+        if not shorter.endswith("\ufffd"):
+            return shorter
+    return text
+
+
 class TextStream:
     """Incremental detokenization of a growing list of token ids.
 
@@ -313,7 +326,7 @@ class Generator:
                 new_ids = [int(t) for t in state.tokens[row, len(ids):length]]
                 stats = row_stats(state, row, len(ids))
                 stats.update(wall_s=wall, tokens_per_s=stats["new_tokens"] / wall if wall > 0 else 0.0)
-                text = self.model.tokenizer.decode(new_ids, skip_special_tokens=True)
+                text = decode_whole_characters(self.model.tokenizer, new_ids)
                 if text_stream is not None and (rest := text_stream.finish(text)):
                     stream(start, rest)
                 results.append(GenerationResult(prompts[start + row], text, new_ids, stats))

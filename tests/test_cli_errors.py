@@ -53,7 +53,7 @@ CASES = [
     ("empty model dir", GEN + ["--model", "{bad}/empty"], "has no config.json", True),
     ("malformed JSONL", ["generate", "--prompts", "{bad}/bad.jsonl"], "bad.jsonl:2: not a JSON object", False),
     ("prompts not UTF-8", ["generate", "--prompts", "{bad}/nonutf8.jsonl"], "is not UTF-8 text", False),
-    ("prompts a directory", ["generate", "--prompts", "{bad}/empty"], "not found", False),
+    ("prompts a directory", ["generate", "--prompts", "{bad}/empty"], "is a directory", False),
     ("wrong-shaped npz", GEN + ["--lookahead", "{bad}/wrong.npz"], "d_emb = 576", True),
     ("npz of NaN", GEN + ["--lookahead", "{bad}/nan.npz"], "4608 non-finite values", False),
     ("lookahead not an npz", GEN + ["--lookahead", "{bad}/notnpz.npz"], "not a .npz file", False),

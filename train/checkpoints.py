@@ -115,9 +115,16 @@ def save_checkpoint(manager, step: int, state: dict, data: PackedDataset, t: Tra
     if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(gather_to_host(state["lookahead"]))):
         raise PassJaxError(f"training diverged: the look-ahead parameters are not finite at step {step}; lower "
                            "train.lr (the checkpoints so far hold finite ones)")
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=ocp.args.JsonSave(data_position(step, data, t))),
-                 force=True)
+    try:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(data_position(step, data, t))),
+                     force=True)
+    except BaseException:  # a full disk, Ctrl-C: the last complete checkpoint stays the one to resume
+        directory = str(manager.directory)
+        if jax.process_index() == 0 and "://" not in directory:  # local: gs:// has no partial directories
+            for partial in Path(directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+                outputs.remove(partial)
+        raise
 
 
 def restore_checkpoint(manager, state: dict, data: PackedDataset, t: TrainSection) -> dict:

@@ -17,9 +17,14 @@ which ``pass-jax bench`` reads its held-out prompts through without this pipelin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import itertools
+import logging
 import os
+import shutil
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,11 +149,100 @@ def local_builder(source: str, data_dir: str | os.PathLike | None = None,
         # The fingerprint in the name rebuilds the dataset when the files change.
         config = CorpusConfig(name=f"local_{local_fingerprint(path)}", path=str(path),
                               description=f"user corpus at {path}")
-    builder = PassLocalCorpus(config=config, data_dir=str(data_dir or cache / "tfds"),
-                              file_format="array_record", corpus_cache=cache)
-    # No GCS lookup: the dataset is ours, and this machine may be offline.
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    root = Path(data_dir or cache / "tfds")
+    with _quiet_tfds():
+        builder = PassLocalCorpus(config=config, data_dir=str(root), file_format="array_record", corpus_cache=cache)
+    if not Path(builder.data_dir).is_dir():
+        print(f"preparing the corpus {source} (once: later runs read {builder.data_dir})", file=sys.stderr, flush=True)
+    try:
+        with _quiet_tfds():
+            # No GCS lookup: the dataset is ours, and this machine may be offline.
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except BaseException:
+        _remove_empty_parents(Path(builder.data_dir).parent, root)  # a refused corpus leaves no empty local_*
+        raise
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """TFDS says "Downloading and preparing dataset" (on stdout, which carries `train`'s result) and
+    warns of a "custom data configuration" for every local corpus: neither is news here."""
+    absl = logging.getLogger("absl")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "Using custom data configuration" not in record.getMessage()
+
+    absl.addFilter(keep)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl.removeFilter(keep)
+
+
+def _remove_empty_parents(directory: Path, root: Path) -> None:
+    """Remove `directory` and its parents below `root` while they hold nothing but empty directories."""
+    while directory != root and root in directory.parents:
+        if directory.is_dir() and any(p.is_file() for p in directory.rglob("*")):
+            return
+        shutil.rmtree(directory, ignore_errors=True)
+        directory = directory.parent
+
+
+# What array_record / Riegeli raise on a truncated or overwritten file.
+DAMAGED_RECORDS = ("Riegeli", "ArrayRecord file", "corrupted", "Corrupted")
+
+
+def _reason(err: BaseException) -> str:
+    """Riegeli's message up to its first ';' (the rest is where it was reading)."""
+    return str(err).splitlines()[0].split(";")[0][:200]
+
+
+def _is_damaged(err: BaseException) -> bool:
+    return isinstance(err, (RuntimeError, OSError, ValueError)) and any(m in str(err) for m in DAMAGED_RECORDS)
+
+
+def _checked_source(builder: PassLocalCorpus, split: str):
+    """The split's data source, its first and last record read once: that opens every reader, and a
+    truncated file fails there (its footer is gone), before anything is tokenized."""
+    source = builder.as_data_source(split=split)
+    if len(source):
+        source[0]
+        source[len(source) - 1]
+    return source
+
+
+def _local_source(source: str, split: str, data_dir, cache_dir):
+    """A local corpus's split from its cache, rebuilt once (with one line) when the cache is damaged."""
+    builder = local_builder(source, data_dir, cache_dir)
+    try:
+        return _checked_source(builder, split), builder.data_dir
+    except Exception as err:
+        if not _is_damaged(err):
+            raise
+        print(f"pass-jax: the corpus cache {builder.data_dir} is damaged ({_reason(err)}); "
+              "rebuilding it", file=sys.stderr, flush=True)
+        shutil.rmtree(builder.data_dir, ignore_errors=True)
+    builder = local_builder(source, data_dir, cache_dir)
+    try:
+        return _checked_source(builder, split), builder.data_dir
+    except Exception as err:
+        if _is_damaged(err):
+            raise CorpusError(f"the corpus cache {builder.data_dir} is damaged and rebuilding it did not help "
+                              f"({_reason(err)}); delete it and check the disk") from None
+        raise
+
+
+def _checked_records(source, id_key: str, text_key: str, where: str) -> Iterator[dict[str, str]]:
+    """`_records`, with damage found mid-file (a record whose hash does not match) as one line."""
+    try:
+        yield from _records(source, id_key, text_key)
+    except Exception as err:
+        if _is_damaged(err):
+            raise CorpusError(f"the corpus cache {where} is damaged ({_reason(err)}): delete that "
+                              "directory and run again to rebuild it") from None
+        raise
 
 
 # --------------------------------------------------------------------------
@@ -204,8 +298,8 @@ def load_documents(source: str, split: str = "train", max_documents: int | None 
     if source in REMOTE_SOURCES:
         docs = _remote_documents(source, split, data_dir)
     elif source in LOCAL_SOURCES or _looks_like_path(source):
-        builder = local_builder(source, data_dir, cache_dir)
-        docs = _records(builder.as_data_source(split=split), "id", "text")
+        data, where = _local_source(source, split, data_dir, cache_dir)
+        docs = _checked_records(data, "id", "text", where)
     else:
         known = ", ".join([*LOCAL_SOURCES, *REMOTE_SOURCES])
         raise CorpusError(f"unknown data source {source!r}: expected one of {known}, or a local corpus path")

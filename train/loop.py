@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from pass_jax import lookahead as lookahead_lib
+from pass_jax import outputs
 from pass_jax.config import ConfigError, LlamaConfig, load_preset
 from pass_jax.corpora import CorpusError
 from pass_jax.distributed import gather_to_host, global_array_from_local, process_local_batch
@@ -320,9 +321,14 @@ def _export(config: RunConfig, model: LoadedModel, vectors, final: dict, train_d
 def run(config: RunConfig, resume: bool = False, command: str = "", overwrite: bool = False,
         allow_changed_settings: bool = False) -> dict[str, Any]:
     """Check the outputs, load the model and data a config names, then train; returns the final eval
-    metrics."""
-    check_run_outputs(config, resume, overwrite, allow_changed_settings)
-    mesh = make_mesh(config.mesh)
-    model = load_base_model(config.model, mesh)
-    train_data, eval_data = load_splits(config.data, model.tokenizer)
-    return train(config, model, mesh, train_data, eval_data, resume=resume, command=command, overwrite=overwrite)
+    metrics. One process writes a run directory at a time: a second run into it (a --resume of a run
+    still going, two fresh runs at once) is refused with one line (process 0 holds the lock of a
+    multi-host job); a full disk is one line too."""
+    run_dir = config.run_dir if jax.process_index() == 0 else None
+    with outputs.locked(run_dir, "output.dir"), outputs.write_errors(run_dir):
+        check_run_outputs(config, resume, overwrite, allow_changed_settings)
+        mesh = make_mesh(config.mesh)
+        model = load_base_model(config.model, mesh)
+        train_data, eval_data = load_splits(config.data, model.tokenizer)
+        return train(config, model, mesh, train_data, eval_data, resume=resume, command=command,
+                     overwrite=overwrite)

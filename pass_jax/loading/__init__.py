@@ -32,4 +32,28 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, mesh=None, **con
         return load_gguf(path, mesh, **config_overrides)
     if (path / "pass_jax.json").is_file():
         return load_converted(path, mesh, **config_overrides)
+    if (path / "params").is_dir() and (path / "tokenizer").is_dir() and not (path / "config.json").exists():
+        raise LoadError(f"{path} looks like a pass-jax converted checkpoint without its pass_jax.json (deleted, or "
+                        "not fully written): restore it, or convert the model again")
     return load_hf_directory(path, mesh, **config_overrides)
+
+
+def context_length(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> int | None:
+    """The model's context in tokens when it can be read without loading the weights (a converted
+    checkpoint's pass_jax.json, a GGUF file's cache entry, a Hugging Face config.json), else None: so
+    that a budget that cannot fit is refused before seconds of loading. Never raises: the load that
+    follows reports a bad model."""
+    import json
+
+    try:
+        path = resolve_model_path(name_or_path)
+        if path.is_file():
+            meta = gguf_cache_entry(path) / "pass_jax.json"  # reading the GGUF metadata itself takes seconds
+            return int(json.loads(meta.read_text())["config"]["max_seq_len"]) if meta.is_file() else None
+        if (path / "pass_jax.json").is_file():
+            return int(json.loads((path / "pass_jax.json").read_text())["config"]["max_seq_len"])
+        if (path / "config.json").is_file():
+            return int(json.loads((path / "config.json").read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError, LoadError):
+        return None
+    return None

@@ -28,12 +28,18 @@ def save_converted(model: LoadedModel, dst: str | os.PathLike, overwrite: bool =
     """Write params (Orbax), config and tokenizer so that `load_model(dst)` reloads them sharded.
 
     Written into a sibling directory renamed into place at the end, so a killed conversion leaves
-    no half checkpoint (and with `overwrite`, the old one until the new one is complete)."""
+    no half checkpoint (and with `overwrite`, the old one until the new one is complete). One writer
+    at a time (`outputs.locked`: another is refused in one line), and a full disk is one line too,
+    checked before writing when the file system has less free space than the parameters need."""
     import orbax.checkpoint as ocp
-    from ..outputs import atomic_dir
+    from .. import outputs
 
     writer = jax.process_index() == 0
-    with atomic_dir(check_convert_destination(dst, overwrite), is_writer=writer) as tmp:
+    dst = check_convert_destination(dst, overwrite)
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
+    with (outputs.locked(dst if writer else None, "destination"), outputs.write_errors(dst, needed),
+          outputs.atomic_dir(dst, is_writer=writer) as tmp):
+        outputs.check_space(dst, needed)
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(tmp / "params", model.params)
         if writer:
@@ -43,7 +49,10 @@ def save_converted(model: LoadedModel, dst: str | os.PathLike, overwrite: bool =
                     (tmp / "tokenizer" / file.name).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / "tokenizer" / file.name).write_bytes(file.read_bytes())
             meta = {"format": PASS_JAX_FORMAT, "config": config_lib.to_dict(model.config), "source": model.source,
-                    "identity": model.identity}
+                    "identity": model.identity,
+                    # what load_converted checks is there: a lost chat_template.jinja would silently
+                    # turn chat prompts into raw continuation
+                    "tokenizer_files": sorted(file.name for file in (tmp / "tokenizer").iterdir())}
             # Last: on gs:// (written in place) its presence is what marks a complete checkpoint.
             (tmp / "pass_jax.json").write_text(json.dumps(meta, indent=1))
 
@@ -59,6 +68,10 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         raise LoadError(f"{path / 'pass_jax.json'} has no model config")
     if not (path / "params").is_dir() or not (path / "tokenizer").is_dir():
         raise LoadError(f"{path}: incomplete converted checkpoint (params/ or tokenizer/ is missing)")
+    missing = [name for name in meta.get("tokenizer_files", []) if not (path / "tokenizer" / name).exists()]
+    if missing:
+        raise LoadError(f"{path / 'tokenizer' / missing[0]} is missing (the checkpoint was written with it): "
+                        f"restore it, or convert the model again")
     config = config_lib.from_dict({**meta["config"], **config_overrides})
     shapes = param_shapes(config)
     shardings = param_shardings(config, mesh or make_mesh(), shapes)
@@ -71,6 +84,6 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
     with tempfile.TemporaryDirectory() as local:  # tokenizers read local files only (the dir may be gs://)
         for file in (path / "tokenizer").iterdir():
             (Path(local) / file.name).write_bytes(file.read_bytes())
-        tokenizer = hf_tokenizer(local)
+        tokenizer = hf_tokenizer(local, shown=path / "tokenizer")
     return LoadedModel(config, params, tokenizer, str(path), meta.get("identity"))
 

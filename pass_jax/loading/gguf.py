@@ -75,12 +75,14 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
     import gguf
 
     entry = gguf_cache_entry(path) if os.environ.get(MODEL_CACHE_ENV, "1") != "0" else None
+    damaged = False
     if entry is not None and (entry / "pass_jax.json").is_file():
         try:
             return load_cache_entry(entry, path, mesh, **config_overrides)
-        except (OSError, ValueError, EOFError, KeyError) as err:  # a damaged entry (files deleted or truncated)
-            print(f"pass-jax: ignoring the damaged model cache {entry} ({err})", file=sys.stderr)
+        except (OSError, ValueError, EOFError, KeyError) as err:  # files deleted, truncated or overwritten
+            print(f"pass-jax: the model cache {entry} cannot be used ({err}); rebuilding it", file=sys.stderr)
             shutil.rmtree(entry, ignore_errors=True)
+            damaged = True
     reader = read_gguf(path)
     config = gguf_to_config(reader, path, **config_overrides)
     tensors = {t.name: t for t in reader.tensors}
@@ -105,7 +107,8 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         return place(shape_dtype, sharding, read=lambda: w, name=gguf_name)
 
     # Only a single process writes: a multi-host job's processes would race on a shared home.
-    with CacheWriter(entry if jax.process_count() == 1 else None, config.num_params() * 4) as writer:
+    with CacheWriter(entry if jax.process_count() == 1 else None, config.num_params() * 4,
+                     announce=not damaged) as writer:
         params = build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
         name = reader.fields.get("general.name")
         identity = DEFAULT_MODEL if name is not None and name.contents() == BUNDLED_GGUF_NAME else None

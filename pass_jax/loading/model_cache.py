@@ -3,17 +3,22 @@
 Dequantizing a GGUF file takes seconds (10 s for the bundled model); reading its float32 weights
 back from .npy files takes about one. The entry's name holds the file's path, size and mtime, so a
 changed file gets a new entry; an entry appears by one rename when complete, so a killed first
-run leaves at most a hidden temporary directory, which the next writer removes. `gguf.load_gguf`
+run leaves at most a hidden temporary directory, which the next writer removes. Each weight's
+SHA-256 (of its float32 bytes) is kept in the entry's pass_jax.json and checked on every load, so
+bytes damaged on disk are found and the entry rebuilt, never used. One process writes an entry at
+a time (`outputs.locked`): another loads from the GGUF file without writing it. `gguf.load_gguf`
 reads and fills it; `PASS_JAX_MODEL_CACHE=0` turns it off.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +45,25 @@ def gguf_cache_entry(path: Path) -> Path:
     return cache_dir() / "models" / f"{path.stem}-{_digest(str(path))}-{version}"
 
 
+class DamagedCache(ValueError):
+    """A cache entry whose files do not match what was written."""
+
+
+def weight_digest(weight: np.ndarray) -> str:
+    """SHA-256 of a weight's float32 bytes: about 0.3 s for the bundled model's 538 MB on one core."""
+    return hashlib.sha256(np.ascontiguousarray(weight, np.float32).data).hexdigest()
+
+
 def load_cache_entry(entry: Path, path: Path, mesh=None, **config_overrides) -> LoadedModel:
     import transformers
 
     meta = json.loads((entry / "pass_jax.json").read_text())
+    digests = meta.get("sha256")
+    # An entry written before checksums is rebuilt once; its name stays, so an older pass-jax reads
+    # the new entry as before (the checksums are one more key to it).
+    if not isinstance(digests, dict):
+        raise DamagedCache("written without checksums")
+    checks = {}
     # The dtype is chosen now, for this backend; the weights are stored in float32.
     config = config_lib.from_dict({**meta["config"], "dtype": default_dtype(), "param_dtype": default_dtype(),
                                    **config_overrides})
@@ -51,9 +71,14 @@ def load_cache_entry(entry: Path, path: Path, mesh=None, **config_overrides) -> 
     def fetch(row: WeightRow, shape_dtype, sharding):
         name = ".".join(row.path)
         host = np.load(entry / "params" / f"{name}.npy")
+        checks[name] = verifier.submit(weight_digest, host)  # hashed on another core while the next file loads
         return place(shape_dtype, sharding, read=lambda: host, name=name)
 
-    params = build_params(config, mesh or make_mesh(), fetch, f"loading {path.name} (float32 cache)")
+    with ThreadPoolExecutor(1) as verifier:
+        params = build_params(config, mesh or make_mesh(), fetch, f"loading {path.name} (float32 cache)")
+    for name, check in checks.items():
+        if check.result() != digests.get(name):
+            raise DamagedCache(f"params/{name}.npy does not match the SHA-256 written with it")
     # The class itself, not AutoTokenizer, which takes seconds longer to resolve it.
     tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(entry / "tokenizer")
     return LoadedModel(config, params, tokenizer, str(path), meta["identity"])
@@ -68,13 +93,22 @@ class CacheWriter:
     temporary directory, and the first rename wins.
     """
 
-    def __init__(self, entry: Path | None, nbytes: int):
+    def __init__(self, entry: Path | None, nbytes: int, announce: bool = True):
+        from ..outputs import OutputError, locked
+
         self.entry = entry
         self.tmp: Path | None = None
+        self.digests: dict[str, str] = {}
+        self.announce = announce
+        self.lock = contextlib.ExitStack()
         if entry is None:
             return
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock.enter_context(locked(entry, "model cache"))
+            except OutputError:  # another process is writing this entry: load without caching
+                return
             self._remove_leftovers()
             if shutil.disk_usage(entry.parent).free < 2 * nbytes:
                 print(f"pass-jax: not caching the float32 weights ({nbytes / 1e6:.0f} MB): too little free space "
@@ -91,6 +125,7 @@ class CacheWriter:
     def __exit__(self, *exc) -> None:
         if self.tmp is not None:  # the load failed before `finish`
             shutil.rmtree(self.tmp, ignore_errors=True)
+        self.lock.close()
 
     def _model_prefix(self) -> str:
         return self.entry.name.rsplit("-", 1)[0]  # the file's name and path digest, not its version
@@ -115,7 +150,9 @@ class CacheWriter:
     def add(self, path_: tuple[str, ...], weight: np.ndarray) -> None:
         if self.tmp is not None:
             try:
-                np.save(self.tmp / "params" / f"{'.'.join(path_)}.npy", np.ascontiguousarray(weight, np.float32))
+                weight = np.ascontiguousarray(weight, np.float32)
+                np.save(self.tmp / "params" / f"{'.'.join(path_)}.npy", weight)
+                self.digests[".".join(path_)] = weight_digest(weight)
             except OSError as err:
                 self._give_up(err)
 
@@ -125,7 +162,7 @@ class CacheWriter:
         try:
             model.tokenizer.save_pretrained(self.tmp / "tokenizer")
             meta = {"format": MODEL_CACHE_FORMAT, "source": model.source, "identity": model.identity,
-                    "config": config_lib.to_dict(config)}
+                    "config": config_lib.to_dict(config), "sha256": self.digests}
             (self.tmp / "pass_jax.json").write_text(json.dumps(meta, indent=1))
             try:
                 self.tmp.rename(self.entry)
@@ -136,8 +173,9 @@ class CacheWriter:
             return
         self.tmp = None
         size = sum(f.stat().st_size for f in self.entry.rglob("*") if f.is_file())
-        print(f"pass-jax: cached the float32 weights in {self.entry} ({size / 1e6:.0f} MB) for faster loads; "
-              f"{MODEL_CACHE_ENV}=0 turns this off", file=sys.stderr)
+        if self.announce:
+            print(f"pass-jax: cached the float32 weights in {self.entry} ({size / 1e6:.0f} MB) for faster loads; "
+                  f"{MODEL_CACHE_ENV}=0 turns this off", file=sys.stderr)
 
 
 def _running(pid: int) -> bool:

@@ -12,14 +12,15 @@ from ..errors import root_reason
 from .common import LoadError
 
 
-def hf_tokenizer(local_dir):
-    """The tokenizer saved in a local directory (`save_pretrained`'s files)."""
+def hf_tokenizer(local_dir, shown=None):
+    """The tokenizer saved in a local directory (`save_pretrained`'s files); errors name `shown` (the
+    model's own directory, when `local_dir` is a temporary copy of it)."""
     import transformers
 
     try:
         return transformers.AutoTokenizer.from_pretrained(local_dir)
     except (OSError, ValueError, KeyError) as err:  # missing or unreadable tokenizer files
-        raise LoadError(f"{local_dir}: cannot load the tokenizer ({root_reason(err)})") from None
+        raise LoadError(f"{shown or local_dir}: cannot load the tokenizer ({root_reason(err)})") from None
 
 
 def gguf_tokenizer(path: Path, reader=None):
