@@ -14,6 +14,7 @@ from pass_jax import lookahead as lookahead_lib
 from pass_jax import sampling as sampling_lib
 from pass_jax.config import load_preset
 from pass_jax.decoding import DecodeSpec, decode_jit
+from pass_jax.iteration import Iteration
 from pass_jax.draft_tree import DraftTree
 from pass_jax.generate import Generator, bucket_width
 from pass_jax.loading import LoadedModel
@@ -55,8 +56,8 @@ def run(config, params, lookahead, prompts, mode, num_lookahead, max_new, sampli
     lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
     if lookahead is None:  # autoregressive: the loop never reads it
         lookahead = jnp.zeros((1, config.hidden_size))
-    spec = DecodeSpec(config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new,
-                      sampling=sampling, eos_ids=eos, **variant)
+    spec = DecodeSpec(config, Iteration.from_options(mode, num_lookahead, **variant), max_new_tokens=max_new,
+                      sampling=sampling, eos_ids=eos)
     state = decode_jit(params, lookahead, jnp.asarray(tokens), lengths, jax.random.key(seed), spec=spec)
     out = [np.asarray(state.tokens[r, len(p):int(state.lengths[r])]) for r, p in enumerate(prompts)]
     return out, jax.device_get(state.stats)

@@ -14,6 +14,7 @@ import pytest
 from pass_jax import decoding
 from pass_jax import lookahead as lookahead_lib
 from pass_jax.decoding import DecodeSpec
+from pass_jax.iteration import Iteration
 from pass_jax.generate import GenerationError, Generator
 from pass_jax.loading import DEFAULT_MODEL, LoadedModel, load_model, save_converted
 from pass_jax.sampling import GREEDY, PAPER
@@ -36,7 +37,7 @@ class WordTokenizer:
 def test_nan_in_stale_cache_slots_changes_no_token(tiny, monkeypatch, mode, sampling):
     """Masked slots get probability 0, and 0 * NaN = NaN: the attention must not multiply them in."""
     config, params = tiny
-    spec = DecodeSpec(config, mode=mode, num_lookahead=3, max_new_tokens=12, sampling=sampling)
+    spec = DecodeSpec(config, Iteration.from_options(mode, 3, calls=2), max_new_tokens=12, sampling=sampling)
     prompts = jnp.asarray([[5, 6, 7, 8, 0, 0, 0, 0], [9, 10, 11, 12, 13, 14, 15, 16]], jnp.int32)
     lengths = jnp.asarray([4, 8], jnp.int32)
     lookahead = lookahead_lib.init_random(config, 3, jax.random.key(1))
