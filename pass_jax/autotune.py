@@ -5,7 +5,7 @@
 Two measured inputs make the prediction:
 - the cost of one cached decode call per shape (input width, positions projected onto the
   vocabulary), timed here on the running backend, relative to ar's width-1 call;
-- the vectors' acceptance per look-ahead position and per number of candidates K, stored in
+- the look-ahead parameters' acceptance per look-ahead position and per number of candidates K, stored in
   their JSON metadata (`"acceptance"`, written by `pass-jax train eval --write-metadata`).
 With a_d(K) the probability that one of K candidates at depth d is accepted once the earlier
 depths were, a tree (K_1..K_D) accepts E[A] = sum_k prod_{d<=k} a_d(K_d) drafts per iteration.
@@ -46,7 +46,7 @@ def expected_accepted(acceptance: dict[str, list[float | None]], tree: Sequence[
             break
         rates = acceptance.get(str(k))
         if rates is None or depth >= len(rates) or rates[depth] is None:
-            raise AutotuneError(f"the vectors' metadata has no acceptance for {k} candidates at depth {depth + 1}")
+            raise AutotuneError(f"the look-ahead parameters' metadata has no acceptance for {k} candidates at depth {depth + 1}")
         reach *= rates[depth]
         total += reach
     return total

@@ -28,7 +28,7 @@ EPILOG_GENERATE = """examples:
   pass-jax generate --no-chat --prompt "def fibonacci(n):"                  # continue raw text
   pass-jax generate --system "You answer in French." --prompt "Name three colours."
 
-PaSS output has exactly the distribution of plain sampling (--mode ar): look-ahead vectors only
+PaSS output has exactly the distribution of plain sampling (--mode ar): look-ahead parameters only
 change how many tokens each model call yields.
 
 chat: instruct models (like the bundled SmolLM2-135M-Instruct) are trained on conversations in

@@ -164,7 +164,7 @@ def truncate(lookahead, num_lookahead: int):
     return cut
 
 
-def check(lookahead, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead vectors"):
+def check(lookahead, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead parameters"):
     """Raise a one-line LookaheadError unless the parameters fit this model (and hold num_lookahead steps)."""
     vectors = input_vectors(lookahead)
     if vectors.ndim != 2 or vectors.shape[1] != config.hidden_size:
@@ -375,5 +375,5 @@ def resolve_path(spec: str | None, model_identity: str | None = None, domain: st
     if shipped and model_identity == DEFAULT_MODEL and bundled_path(shipped).is_file():
         return bundled_path(shipped)
     if spec in ("text", "code"):
-        raise LookaheadError(f"--lookahead {spec}: shipped vectors exist only for the bundled {DEFAULT_MODEL}")
+        raise LookaheadError(f"--lookahead {spec}: shipped look-ahead parameters exist only for the bundled {DEFAULT_MODEL}")
     return None if spec in ("default", "none") else Path(spec)

@@ -282,7 +282,7 @@ def human(n: float) -> str:
 def format_plan(p: dict[str, Any], name: str) -> str:
     dev = p["per_device"]
     shape = p["mesh_shape"]
-    mode = (f"training the look-ahead vectors (sequence {p['max_len']} + {p['anchors']} anchors x L)" if p["train"]
+    mode = (f"training the look-ahead parameters (sequence {p['max_len']} + {p['anchors']} anchors x L)" if p["train"]
             else f"generation (max-len {p['max_len']}, KV buffer {p['cache_length']})")
     cache_label = ("KV cache (not used in training)" if p["train"]
                    else f"KV cache ({p['batch']} x {p['cache_length']} slots)")

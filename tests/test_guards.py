@@ -74,8 +74,8 @@ def test_non_finite_lookahead_is_never_saved(tmp_path):
 def test_context_error_states_the_real_limit(tiny):
     config, params = tiny
     model = LoadedModel(config.replace(max_seq_len=64), params, WordTokenizer(), "tiny")
-    generator = Generator(model, mode="pass", num_lookahead=3, max_new_tokens=20)
-    margin = generator.spec.width + 1  # the drafting call [x_n, LA_1..LA_3]: width 4
+    generator = Generator(model, mode="pass", num_lookahead=3, calls=2, max_new_tokens=20)
+    margin = generator.iteration.width + 1  # the drafting call [x_n, LA_1..LA_3]: width 4
     room = 64 - 20 - margin
     assert len(generator.encode("w " * room)) == room  # the stated room fits exactly
     with pytest.raises(GenerationError) as error:

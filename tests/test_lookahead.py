@@ -145,11 +145,13 @@ def test_save_load_and_resolve_every_kind(tiny, tmp_path, kind, suffix):
     assert lookahead_lib.kind_of(loaded) == kind
     jax.tree.map(np.testing.assert_array_equal, loaded, saved)
     assert lookahead_lib.read_metadata(path) == {"kind": kind, "note": "x"}
-    cut, source = lookahead_lib.resolve(str(path), params, config, 2)
+    resolved = lookahead_lib.resolve(str(path), params, config)
+    assert resolved.metadata == {"kind": kind, "note": "x"} and resolved.path == path
+    cut, source = resolved.prepare(config, 2), resolved.source
     assert lookahead_lib.num_steps(cut) == 2 and source == f"trained ({path})"
     jax.tree.map(np.testing.assert_array_equal, cut, lookahead_lib.truncate(saved, 2))
     with pytest.raises(lookahead_lib.LookaheadError, match=f"hold {L} look-ahead steps; 4 were asked for"):
-        lookahead_lib.resolve(str(path), params, config, 4)
+        resolved.prepare(config, 4)
 
 
 def test_bad_parameters_give_one_line_errors(tiny, tmp_path):

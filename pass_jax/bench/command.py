@@ -108,7 +108,7 @@ def register(subparsers) -> None:
                              "(untrained), or a .npz / Orbax path")
     parser.add_argument("--num-lookahead", "-L", default="1,2,4,6,auto", metavar="L1,L2,...[,auto]",
                         help="PaSS chains of L look-ahead steps to compare; auto adds the setting `generate -L auto` "
-                             "picks from the vectors' acceptance and this machine's call costs (default 1,2,4,6,auto)")
+                             "picks from the look-ahead parameters' acceptance and this machine's call costs (default 1,2,4,6,auto)")
     parser.add_argument("--calls", default="2,1", metavar="C1,C2",
                         help="model calls per PaSS iteration to compare: 2 (the paper) and/or 1 (default 2,1)")
     parser.add_argument("--draft-tree", action="append", metavar="K1,K2,...",

@@ -169,10 +169,10 @@ def pass_jax_methods(model, settings: BenchSettings, prompts: dict[str, list[str
     methods = {}
     for domain in prompts:
         # `--lookahead default` means the shipped parameters trained on the prompts' domain
-        vectors = "code" if domain == "code" else "text"
-        key = vectors if settings.lookahead == "default" else settings.lookahead
+        shipped = "code" if domain == "code" else "text"
+        key = shipped if settings.lookahead == "default" else settings.lookahead
         if key not in resolved:  # each file is read once
-            resolved[key] = resolve_lookahead(model, settings.lookahead, vectors, found=found,
+            resolved[key] = resolve_lookahead(model, settings.lookahead, shipped, found=found,
                                               num_lookahead=max([i.num_lookahead for i in settings.iterations()],
                                                                 default=None))
         lookahead = resolved[key]

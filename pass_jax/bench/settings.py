@@ -28,7 +28,7 @@ class BenchSettings:
     num_lookahead: tuple[int, ...] = (1, 2, 4, 6)
     calls: tuple[int, ...] = (2, 1)  # PaSS calls per iteration to compare (--calls)
     draft_trees: tuple[tuple[int, ...], ...] = BENCH_TREES  # trees beside the chains
-    auto: bool = True  # add the row `-L auto` picks (when the vectors carry acceptance metadata)
+    auto: bool = True  # add the row `-L auto` picks (when the look-ahead parameters carry acceptance metadata)
     max_new_tokens: int = 128
     sampling: SamplingConfig = PAPER  # top-k 10, temperature 0.8, as in the paper
     batch_size: int = 1
