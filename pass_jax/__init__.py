@@ -17,7 +17,7 @@ _WHERE = exports(
     generate="GenerationResult Generator",
     iteration="DEFAULT_ITERATION Iteration",
     loading="LoadedModel load_model",
-    model="forward init_cache init_params",
+    model="LookaheadInputs forward init_cache init_params",
     sampling="GREEDY PAPER SamplingConfig",
 )
 __all__ = [*_WHERE, "generate"]

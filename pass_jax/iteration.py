@@ -89,14 +89,14 @@ class Iteration:
         mode = mode or "pass"
         if mode not in MODES:
             raise DecodeError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "ar":  # plain decoding: the shape options do not apply
+            return cls.AR
         if isinstance(num_lookahead, str):
             try:
                 num_lookahead = int(num_lookahead)
             except ValueError:
                 raise DecodeError(f"--num-lookahead takes a whole number, got {num_lookahead!r}") from None
         tree = parse_tree(draft_tree) if isinstance(draft_tree, str) else tuple(draft_tree or ())
-        if mode == "ar":
-            return cls.AR
         calls = DEFAULT_CALLS if calls is None else calls
         if not tree:
             return cls(calls, DEFAULT_TREE) if num_lookahead is None else cls.chain(num_lookahead, calls)

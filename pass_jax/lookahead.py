@@ -337,7 +337,7 @@ class Resolved:
     def prepare(self, config: LlamaConfig, num_lookahead: int):
         """The parameters checked against the model and cut to `num_lookahead` steps, on device in the
         model's parameter dtype: what a decode takes (done once, by `Generator`)."""
-        cut = prepare(self.params, config, num_lookahead, str(self.path or self.source))
+        cut = prepare(self.params, config, num_lookahead, str(self.path) if self.path else "look-ahead parameters")
         return jax.tree.map(lambda x: jnp.asarray(x, config.jnp_param_dtype), cut)
 
 

@@ -21,7 +21,8 @@ def cmd_plan(args) -> int:
     from .cli_args import iteration_from_args
     from .plan import PlanError, format_plan, mesh_shape, plan
 
-    iteration = iteration_from_args(args, args.mode)  # as `generate` reads the same options
+    # as `generate` reads the same options; -L 0 still means plain decoding here, as it did before --mode
+    iteration = iteration_from_args(args, "ar" if args.num_lookahead == "0" else args.mode)
 
     if args.mesh is None and args.devices is None:
         raise PlanError("give --mesh (e.g. 2x4) or --devices N")

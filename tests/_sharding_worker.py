@@ -60,7 +60,7 @@ def run_pass(mesh, place, chain, pass_reference):
     hists = {}
     for variant, (ref_tokens, ref_lengths) in pass_reference.items():
         spec = pass_spec(variant, mesh)
-        state = decode_jit(sharded, vectors[:spec.num_lookahead], place(tokens), place(prompt_lengths),
+        state = decode_jit(sharded, vectors[:spec.iteration.num_lookahead], place(tokens), place(prompt_lengths),
                            jax.random.key(0), spec)
         np.testing.assert_array_equal(np.asarray(state.lengths), ref_lengths)
         np.testing.assert_array_equal(np.asarray(state.tokens), ref_tokens)

@@ -92,7 +92,7 @@ def test_direct_callers_get_the_context_check(tiny):
     config, params = tiny
     model = LoadedModel(config.replace(max_seq_len=64), params, WordTokenizer(), "tiny")
     generator = Generator(model, mode="ar", max_new_tokens=20)
-    room = 64 - 20 - generator.spec.overshoot
+    room = 64 - 20 - generator.iteration.overshoot
     with pytest.raises(GenerationError, match=f"prompt of {room + 1} tokens .* exceeds the model's context of 64"):
         generator.generate_ids([[5] * 3, [5] * (room + 1)])
     tokens = np.full((1, room + 1), 5, np.int32)

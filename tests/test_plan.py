@@ -86,7 +86,7 @@ def test_lookahead_memory_counts_every_kind(llama7b):
 def test_cli_sizes_the_cache_for_the_iteration_it_names(capsys):
     """plan reads -L/--calls/--draft-tree/--mode as generate does: the KV buffer is max_len + the widest call + 1."""
     for argv, width in ((["-L", "4", "--calls", "2"], 5), ([], 39), (["--draft-tree", "3,1,1"], 10 * 4),
-                        (["--mode", "ar"], 1)):
+                        (["--mode", "ar"], 1), (["-L", "0"], 1)):
         code = cli.main(["plan", "--config", "tiny", "--mesh", "1", "--batch", "1", "--max-len", "64", "--json", *argv])
         out, err = capsys.readouterr()
         assert code == 0, err
