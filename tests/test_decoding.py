@@ -384,6 +384,23 @@ def test_chunked_streamed_run_equals_the_one_shot_run_sampled(chain_lm, monkeypa
     assert len({tuple(chunked.tokens[r, :int(chunked.lengths[r])]) for r in range(0, 12, 3)}) > 1  # sampled
 
 
+def test_every_output_mode_runs_the_loop_in_bounded_chunks(tiny_lm, monkeypatch):
+    """Without a stream (--no-stream, --json, batches) the loop still returns to Python between chunks,
+    where a Ctrl-C is taken: the decode of 40 tokens is many `decode_steps` calls, not one."""
+    from pass_jax import generate as generate_lib
+
+    config, params = tiny_lm
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)  # one loop iteration per chunk
+    generator = Generator(LoadedModel(config, params, _ByteTokenizer(), "test"), Iteration.AR, max_new_tokens=40)
+    prompts = [[5, 17, 3], [9, 1, 44]]
+    generator.generate_ids(prompts)  # compile
+    (key, (prefill, steps)), = generator._compiled.items()
+    calls = []
+    generator._compiled[key] = (prefill, lambda *args: calls.append(args[-1]) or steps(*args))
+    state, _ = generator.generate_ids(prompts)
+    assert (state.stats.new_tokens == 40).all() and len(calls) == 39 and all(int(n) == 1 for n in calls)
+
+
 def _verify_with(wrap):
     """A lossy `decoding.verify`: wrap(verify's result, its arguments) -> the result."""
     real = decoding.verify
