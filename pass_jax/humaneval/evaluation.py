@@ -112,6 +112,10 @@ def format_report(report: dict[str, Any]) -> str:
         gen = result["generation"]
         speed = f"{gen['tokens_per_s']:.1f} | {gen['tokens_per_call']:.2f}"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {speed} |")
+    iterations = [f"{mode}: {r['generation']['iteration']}" for mode, r in report["modes"].items()
+                  if "iteration" in r["generation"]]
+    if iterations:
+        lines.append("\niterations (as `generate` prints them): " + "; ".join(iterations))
     c = report["comparison"]
     if c is not None:
         lines.append(f"\npass - ar, pass@1: {c['pass_at_1_difference']:+.3f} [95% CI {c['ci_low']:+.3f}, "
