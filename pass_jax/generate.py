@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
-from .decoding import DecodeSpec, check_context, decode_steps_jit, prefill_jit
+from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit
 from .distributed import gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .iteration import Iteration
@@ -244,8 +244,12 @@ class Generator:
             start = time.perf_counter()
             prefill = prefill_jit.lower(*args, spec=self.spec).compile()
             params, lookahead, _, lengths, _ = args
-            steps = decode_steps_jit.lower(params, lookahead, prefill.out_info, lengths, np.int32(0),
-                                           spec=self.spec).compile()
+            # The loop runs in chunks, each taking the last one's state: on a mesh, pin its output
+            # shardings to its input's (prefill's), or XLA may shard per-row state that came in replicated.
+            loop = decode_steps_jit if self.mesh is None else jax.jit(
+                decode_steps, static_argnames=("spec",), donate_argnames=("state",),
+                out_shardings=prefill.output_shardings)
+            steps = loop.lower(params, lookahead, prefill.out_info, lengths, np.int32(0), spec=self.spec).compile()
             self._compiled[key] = prefill, steps
             self.compile_s += time.perf_counter() - start
         return self._compiled[key]
