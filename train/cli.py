@@ -168,6 +168,8 @@ def cmd_eval(args) -> int:
     except ValueError as err:
         raise PassJaxError(str(err)) from None
     found = read_lookahead_arg(args.lookahead)  # a PATH, read once
+    if args.write_metadata and args.lookahead == "none":
+        raise PassJaxError("--write-metadata needs a parameters file (--lookahead PATH, text or code), not 'none'")
     json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
     model = load_base_model(config.model, make_mesh(config.mesh))
     data = load_split(config.data, model.tokenizer, "test")
