@@ -1,10 +1,12 @@
-"""`-L auto`: pick the PaSS setting (calls, L, draft tree) predicted to be fastest on this backend.
+"""`-L auto`: pick the PaSS iteration (calls, L, draft tree) predicted to be fastest on this backend.
+
+`pick` is the one entry point; `generate -L auto` decodes with its choice and `bench` adds it as a row.
 
 Two measured inputs make the prediction:
 - the cost of one cached decode call per shape (input width, positions projected onto the
   vocabulary), timed here on the running backend, relative to ar's width-1 call;
-- the vectors' acceptance per look-ahead position and per number of candidates K, stored in
-  their JSON metadata at export (`"acceptance"`; see `pass-jax train eval`).
+- the look-ahead parameters' acceptance per look-ahead position and per number of candidates K, stored in
+  their JSON metadata (`"acceptance"`, written by `pass-jax train eval --write-metadata`).
 With a_d(K) the probability that one of K candidates at depth d is accepted once the earlier
 depths were, a tree (K_1..K_D) accepts E[A] = sum_k prod_{d<=k} a_d(K_d) drafts per iteration.
 Two calls commit E[A] + 2 tokens, one call E[A] + 1. The predicted ratio against ar is tokens per
@@ -17,47 +19,22 @@ import statistics
 import time
 from typing import Any, Iterable, Sequence
 
-from .draft_tree import DraftTree
 from .errors import PassJaxError
+from .iteration import Iteration
 
 # Candidate trees beside the chains; each is a tree's branching (its length is L).
-CANDIDATE_TREES = ((2, 1), (3, 1), (2, 2), (3, 1, 1), (4, 1, 1), (3, 2, 1), (4, 2, 1, 1))
+CANDIDATE_TREES = ((2, 1), (3, 1), (2, 2), (3, 1, 1), (4, 1, 1), (3, 2, 1), (4, 2), (4, 2, 1, 1))
 MAX_AUTO_L = 8
 
 
 class AutotuneError(PassJaxError):
-    """`-L auto` cannot predict for these vectors."""
+    """`-L auto` cannot predict for these look-ahead parameters."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    calls: int
-    draft_tree: tuple[int, ...]
-
-    @property
-    def num_lookahead(self) -> int:
-        return len(self.draft_tree)
-
-    @property
-    def is_chain(self) -> bool:
-        return all(k == 1 for k in self.draft_tree)
-
-    def label(self) -> str:
-        shape = f"L={self.num_lookahead}" if self.is_chain else "tree " + ",".join(map(str, self.draft_tree))
-        return f"{shape}, {self.calls} call{'s' if self.calls == 2 else ''}"
-
-    def call_shapes(self) -> list[tuple[int, int]]:
-        """(input width, positions projected onto the vocabulary) of each call of one iteration."""
-        nodes = DraftTree(self.draft_tree).num_nodes + 1
-        if self.calls == 2:
-            return [(self.num_lookahead + 1, self.num_lookahead + 1), (nodes, nodes)]
-        return [(nodes * (self.num_lookahead + 1), nodes + self.num_lookahead)]
-
-
-def candidate_settings(max_lookahead: int, calls: Iterable[int] = (1, 2)) -> list[Setting]:
+def candidate_iterations(max_lookahead: int = MAX_AUTO_L, calls: Iterable[int] = (1, 2)) -> list[Iteration]:
     shapes = [(1,) * n for n in range(1, max_lookahead + 1)]
     shapes += [t for t in CANDIDATE_TREES if len(t) <= max_lookahead]
-    return [Setting(c, t) for c in calls for t in shapes]
+    return [Iteration(c, t) for c in calls for t in shapes]
 
 
 def expected_accepted(acceptance: dict[str, list[float | None]], tree: Sequence[int]) -> float:
@@ -69,28 +46,28 @@ def expected_accepted(acceptance: dict[str, list[float | None]], tree: Sequence[
             break
         rates = acceptance.get(str(k))
         if rates is None or depth >= len(rates) or rates[depth] is None:
-            raise AutotuneError(f"the vectors' metadata has no acceptance for {k} candidates at depth {depth + 1}")
+            raise AutotuneError(f"the look-ahead parameters' metadata has no acceptance for {k} candidates at depth {depth + 1}")
         reach *= rates[depth]
         total += reach
     return total
 
 
-def predictable(setting: Setting, acceptance: dict[str, list[float | None]]) -> bool:
-    """Whether the acceptance table covers every reachable depth and candidate count of the setting."""
+def predictable(iteration: Iteration, acceptance: dict[str, list[float | None]]) -> bool:
+    """Whether the acceptance table covers every reachable depth and candidate count of the iteration."""
     try:
-        expected_accepted(acceptance, setting.draft_tree)
+        expected_accepted(acceptance, iteration.draft_tree)
     except AutotuneError:
         return False
     return True
 
 
-def predict(setting: Setting, acceptance: dict[str, list[float]], relative_cost: dict[tuple[int, int], float]
+def predict(iteration: Iteration, acceptance: dict[str, list[float]], relative_cost: dict[tuple[int, int], float]
             ) -> dict[str, float]:
-    """Tokens per call and the speed ratio against ar for one setting."""
-    accepted = expected_accepted(acceptance, setting.draft_tree)
-    tokens = accepted + (2 if setting.calls == 2 else 1)
-    cost = sum(relative_cost[shape] for shape in setting.call_shapes())
-    return {"expected_accepted": accepted, "tokens_per_call": tokens / setting.calls, "ratio_vs_ar": tokens / cost}
+    """Tokens per call and the speed ratio against ar for one iteration."""
+    accepted = expected_accepted(acceptance, iteration.draft_tree)
+    tokens = accepted + iteration.calls  # two calls: d_1, A drafts, one more; one call: A drafts, one more
+    cost = sum(relative_cost[shape] for shape in iteration.call_shapes())
+    return {"expected_accepted": accepted, "tokens_per_call": tokens / iteration.calls, "ratio_vs_ar": tokens / cost}
 
 
 def acceptance_table(metadata: dict[str, Any] | None, greedy: bool) -> dict[str, list[float]] | None:
@@ -118,8 +95,8 @@ def measure_call_costs(model, shapes: Iterable[tuple[int, int]], batch_size: int
     def call(params, tokens, cache, projected):
         width = tokens.shape[1]
         positions = index[:, None] + jnp.arange(width)[None]
-        hidden, cache = forward(params, config, tokens, positions, causal_mask(index, width, length), cache, index,
-                                hidden_only=True)
+        hidden, cache = forward(params, config, tokens, positions, causal_mask(index, width, length), cache=cache,
+                                write_index=index, hidden_only=True)
         return lm_head(params, config, gather_positions(hidden, projected)), cache
 
     call = jax.jit(call, donate_argnums=2)
@@ -148,24 +125,22 @@ def relative(costs_ms: dict[tuple[int, int], float]) -> dict[tuple[int, int], fl
     return {shape: ms / costs_ms[(1, 1)] for shape, ms in costs_ms.items()}
 
 
-def choose(settings: Sequence[Setting], acceptance: dict[str, list[float]],
-           relative_cost: dict[tuple[int, int], float]) -> list[tuple[Setting, dict[str, float]]]:
-    """Every setting with its prediction, best predicted ratio first (settings the metadata cannot
+def choose(iterations: Sequence[Iteration], acceptance: dict[str, list[float]],
+           relative_cost: dict[tuple[int, int], float]) -> list[tuple[Iteration, dict[str, float]]]:
+    """Every iteration with its prediction, best predicted ratio first (those the metadata cannot
     predict are left out)."""
-    rows = [(setting, predict(setting, acceptance, relative_cost)) for setting in settings
-            if predictable(setting, acceptance)]
+    rows = [(iteration, predict(iteration, acceptance, relative_cost)) for iteration in iterations
+            if predictable(iteration, acceptance)]
     if not rows:
-        raise AutotuneError("the vectors' acceptance metadata covers none of the candidate settings")
+        raise AutotuneError("the look-ahead parameters' acceptance metadata covers none of the candidate iterations")
     return sorted(rows, key=lambda row: -row[1]["ratio_vs_ar"])
 
 
-def _loop_generator(model, sampling, setting: Setting | None, lookahead, batch_size: int, new_tokens: int):
+def _loop_generator(model, sampling, iteration: Iteration, lookahead, batch_size: int, new_tokens: int):
     from .generate import Generator
 
-    mode = {"mode": "ar"} if setting is None else {
-        "mode": "pass", "num_lookahead": setting.num_lookahead, "calls": setting.calls, "lookahead": lookahead,
-        "draft_tree": () if setting.is_chain else setting.draft_tree}
-    return Generator(model, max_new_tokens=new_tokens, sampling=sampling, batch_size=batch_size, **mode)
+    return Generator(model, iteration, lookahead=None if iteration.mode == "ar" else lookahead,
+                     max_new_tokens=new_tokens, sampling=sampling, batch_size=batch_size)
 
 
 def _tokens_per_second(generator, prompt, seed: int) -> float:
@@ -176,16 +151,17 @@ def _tokens_per_second(generator, prompt, seed: int) -> float:
     return int(np.sum(jax.device_get(state.stats.new_tokens))) / seconds
 
 
-def timed_ratio(model, setting: Setting, lookahead, sampling, batch_size: int = 1, new_tokens: int = 64,
+def timed_ratio(model, iteration: Iteration, lookahead, sampling, batch_size: int = 1, new_tokens: int = 64,
                 rounds: int = 5, prompt_ids: Sequence[int] | None = None) -> float:
-    """The setting's committed tokens per second against ar's, both from the real jitted decode loop on
-    `prompt_ids` (the user's own prompt; default a fixed 64-token one), after a warm-up. This counts
+    """The iteration's committed tokens per second against ar's, both from the real jitted decode loop
+    on `prompt_ids` (the user's own prompt; default a fixed 64-token one), after a warm-up. This counts
     what the call-cost prediction leaves out (sampling, the rejection rule, tree bookkeeping, K/V
     moves) and the acceptance the drafts really get on this prompt, which can be far below the
     metadata's (measured after corpus text, not after the model's own output). Rounds use new seeds
-    and alternate which runs first; the result is the median of the per-round ratios."""
-    ar = _loop_generator(model, sampling, None, None, batch_size, new_tokens)
-    candidate = _loop_generator(model, sampling, setting, lookahead, batch_size, new_tokens)
+    and alternate which runs first; the result is the median of the per-round ratios. `lookahead`:
+    what `Generator` takes (a `lookahead.Resolved` or parameters)."""
+    ar = _loop_generator(model, sampling, Iteration.AR, None, batch_size, new_tokens)
+    candidate = _loop_generator(model, sampling, iteration, lookahead, batch_size, new_tokens)
     vocab = model.config.vocab_size
     prompt = [list(prompt_ids) if prompt_ids is not None else [(7 * i + 3) % vocab for i in range(64)]] * batch_size
     for generator in (ar, candidate):
@@ -198,14 +174,49 @@ def timed_ratio(model, setting: Setting, lookahead, sampling, batch_size: int = 
     return statistics.median(ratios)
 
 
-def autotune(model, metadata: dict[str, Any] | None, greedy: bool, max_lookahead: int = MAX_AUTO_L,
-             calls: Iterable[int] = (1, 2), batch_size: int = 1):
-    """(best setting, its prediction, every row) for `-L auto` on the running backend."""
-    acceptance = acceptance_table(metadata, greedy)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pick:
+    """What `-L auto` concluded: `iteration` is what to decode with (`best`, or `Iteration.AR` when ar
+    is predicted or timed faster)."""
+
+    iteration: Iteration
+    best: Iteration                   # the best predicted PaSS iteration
+    prediction: dict[str, float]      # its `predict` row
+    timed_ratio: float | None         # its timed decode loop against ar's (None: the prediction chose ar)
+    rows: list                        # every predictable (iteration, prediction), best first
+    costs: dict[tuple[int, int], float]  # ms per call shape on this backend
+
+    def summary(self) -> str:
+        """One line: the choice and why."""
+        head = f"{self.best.label()}, {self.prediction['tokens_per_call']:.2f} tokens per call, predicted " \
+               f"{self.prediction['ratio_vs_ar']:.2f}x ar from call costs"
+        if self.timed_ratio is None:
+            return f"no PaSS iteration is predicted to beat autoregressive decoding here (best: {head}); ar"
+        verdict = "ar" if self.iteration.mode == "ar" else self.iteration.label()
+        return f"{head}, {self.timed_ratio:.2f}x ar from the timed decode loops; {verdict}"
+
+
+def pick(model, lookahead, sampling, batch_size: int = 1, prompt_ids: Sequence[int] | None = None,
+         costs: dict[tuple[int, int], float] | None = None, log=lambda message: None) -> Pick:
+    """`-L auto` on the running backend, for `generate` and `bench` alike: predict every candidate
+    iteration from `lookahead.metadata`'s acceptance (a `lookahead.Resolved`) and this backend's call
+    costs (timed here; `costs`, if given, holds shapes timed already and gets the new ones), then time
+    the best one's decode loop against ar's on `prompt_ids` unless the prediction already says ar."""
+    acceptance = acceptance_table(lookahead.metadata, sampling.greedy)
     if acceptance is None:
-        raise AutotuneError("-L auto needs the vectors' measured acceptance (an \"acceptance\" entry in their JSON "
-                            "metadata, written by `pass-jax train eval`); give -L N instead")
-    settings = [s for s in candidate_settings(max_lookahead, calls) if predictable(s, acceptance)]
-    costs = measure_call_costs(model, [s for setting in settings for s in setting.call_shapes()], batch_size)
-    rows = choose(settings, acceptance, relative(costs))
-    return rows[0][0], rows[0][1], rows, costs
+        raise AutotuneError("-L auto needs the look-ahead parameters' measured acceptance (an \"acceptance\" entry in "
+                            "their JSON metadata, written by `pass-jax train eval --write-metadata`); give -L N instead")
+    candidates = [c for c in candidate_iterations() if predictable(c, acceptance)]
+    costs = {} if costs is None else costs
+    missing = {shape for c in candidates for shape in c.call_shapes()} - set(costs)
+    if missing:
+        log("-L auto: timing one decode call per candidate shape on this backend ...")
+        costs.update(measure_call_costs(model, missing, batch_size))
+    rows = choose(candidates, acceptance, relative(costs))
+    best, prediction = rows[0]
+    if prediction["ratio_vs_ar"] <= 1.0:
+        return Pick(Iteration.AR, best, prediction, None, rows, costs)
+    log(f"-L auto: {best.label()}, predicted {prediction['ratio_vs_ar']:.2f}x ar from call costs; timing its decode "
+        "loop against ar's on the first prompt ...")
+    timed = timed_ratio(model, best, lookahead, sampling, batch_size, prompt_ids=prompt_ids)
+    return Pick(best if timed > 1.0 else Iteration.AR, best, prediction, timed, rows, costs)

@@ -10,15 +10,14 @@ import sys
 import time
 import traceback
 
-from .cli_args import (add_model_arg, add_sampling_args, check_lookahead_arg, enable_compilation_cache, log,
-                       read_prompts, sampling_from_args, seed_arg)
+from .cli_args import (add_iteration_args, add_model_arg, add_sampling_args, enable_compilation_cache,
+                       iteration_from_args, log, read_lookahead_arg, read_prompts, sampling_from_args, seed_arg)
 from .defaults import DEFAULT_MODEL, MODES
 from .errors import PassJaxError
 
-# Defaults chosen by measurement (docs/BENCHMARKS.md): one call per iteration and 4 then 2 candidates
-# commit the most tokens per model call on held-out prompts. -L N alone gives a chain of N drafts.
-DEFAULT_CALLS = 1
-DEFAULT_TREE = (4, 2)
+AUTO_HELP = ("auto times this machine's decode calls and picks the (calls, L, tree) its look-ahead parameters' "
+             "measured acceptance predicts fastest, times that iteration's decode loop against ar's on your first "
+             "prompt, and decodes with the faster (saying so when it is ar)")
 
 EPILOG_GENERATE = """examples:
   pass-jax generate --prompt "The capital of France is"
@@ -29,7 +28,7 @@ EPILOG_GENERATE = """examples:
   pass-jax generate --no-chat --prompt "def fibonacci(n):"                  # continue raw text
   pass-jax generate --system "You answer in French." --prompt "Name three colours."
 
-PaSS output has exactly the distribution of plain sampling (--mode ar): look-ahead vectors only
+PaSS output has exactly the distribution of plain sampling (--mode ar): look-ahead parameters only
 change how many tokens each model call yields.
 
 chat: instruct models (like the bundled SmolLM2-135M-Instruct) are trained on conversations in
@@ -71,15 +70,16 @@ def _shown_prompt(prompt: str, chat: bool) -> str:
 
 
 def cmd_generate(args) -> int:
-    from .decoding import check_settings
-    from .generate import Generator, resolve_lookahead
+    from . import generate as generate_lib
+    from .decoding import check_budget
+    from .iteration import Iteration
     from .loading import context_length, load_model
 
     # Reject bad settings before spending seconds on loading the model.
     prompts = read_prompts(args.prompt, args.prompts)
     sampling = sampling_from_args(args)
-    decode = pass_settings_from_args(args)
-    check_settings(args.mode, decode["num_lookahead"], args.max_new_tokens, decode["calls"], decode["draft_tree"])
+    iteration = iteration_from_args(args, args.mode, auto=True)  # an Iteration, or "auto"
+    check_budget(args.max_new_tokens)
     if args.batch_size < 1:
         raise PassJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.stream and args.json:
@@ -89,43 +89,38 @@ def cmd_generate(args) -> int:
     if args.system is not None and args.chat is False:
         raise PassJaxError("--system needs the chat template: drop --no-chat")
     stream = (sys.stdout.isatty() if args.stream is None else args.stream) and not args.json and args.batch_size == 1
-    if args.mode == "pass":
-        check_lookahead_arg(args.lookahead)
     context = context_length(args.model)
     if context is not None and args.max_new_tokens >= context:
         raise PassJaxError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens "
                            f"(no room for a prompt): give at most {context - 1}, less the prompt's length")
+    found = read_lookahead_arg(args.lookahead) if args.mode == "pass" else None  # a PATH, read once
+    chat = "auto" if args.chat is None else args.chat
     enable_compilation_cache()
     log(f"loading {args.model} ...")
     start = time.perf_counter()
     model = load_model(args.model)
     load_s = time.perf_counter() - start
-    resolved = None  # (vectors, source), read once
-    if args.mode == "pass" and args.num_lookahead == "auto":
+    lookahead = None
+    if args.mode == "pass":
+        lookahead = generate_lib.resolve_lookahead(model, args.lookahead, found=found, num_lookahead=(
+            None if iteration == "auto" else iteration.num_lookahead))
+    if iteration == "auto":
+        from . import autotune
+
         # the loop check decodes the first prompt as this command will (chat template included)
-        first_ids = Generator(model, mode="ar", max_new_tokens=args.max_new_tokens, sampling=sampling,
-                              chat="auto" if args.chat is None else args.chat, system=args.system).encode(prompts[0])
-        chosen = auto_pass_settings(model, args.lookahead, sampling, args.batch_size, first_ids)
-        if chosen is None:
-            args.mode = "ar"
-        else:
-            decode, resolved = chosen
-    if resolved is None and args.mode == "pass":
-        resolved = resolve_lookahead(model, args.lookahead, decode["num_lookahead"])
-    vectors, source = resolved or (None, None)
-    generator = Generator(model, mode=args.mode, lookahead=vectors, lookahead_source=source,
-                          max_new_tokens=args.max_new_tokens,
-                          sampling=sampling, batch_size=args.batch_size,
-                          chat="auto" if args.chat is None else args.chat, system=args.system, **decode)
+        first_ids = generate_lib.Generator(model, Iteration.AR, max_new_tokens=args.max_new_tokens,
+                                           sampling=sampling, chat=chat, system=args.system).encode(prompts[0])
+        chosen = autotune.pick(model, lookahead, sampling, args.batch_size, first_ids, log=log)
+        log(f"-L auto: {chosen.summary()}")
+        iteration = chosen.iteration
+    generator = generate_lib.Generator(model, iteration, lookahead=lookahead, max_new_tokens=args.max_new_tokens,
+                                       sampling=sampling, batch_size=args.batch_size, chat=chat, system=args.system)
     if generator.chat:
         system = f"system prompt {generator.system!r}" if generator.system is not None else "its own system prompt"
         log(f"chat: each prompt is a user message in the model's chat template, with {system} "
             "(--no-chat feeds raw text)")
-    if args.mode == "pass":
-        tree = decode["draft_tree"]
-        shape = f"draft tree {','.join(map(str, tree))}" if tree else f"L={decode['num_lookahead']} look-ahead steps"
-        log(f"PaSS with {shape}, {decode['calls']} call{'s' if decode['calls'] == 2 else ''} per iteration, "
-            f"vectors: {generator.lookahead_source}")
+    if iteration.mode == "pass":
+        log(f"PaSS: {iteration.label()} per iteration, look-ahead parameters: {generator.lookahead_source}")
     log("compiling the decode loop (once per prompt-length bucket) ...")
     shown: list[int] = []
 
@@ -150,83 +145,13 @@ def cmd_generate(args) -> int:
             print(_shown_prompt(result.prompt, generator.chat) + result.text, flush=True)
             print(SEPARATOR, flush=True)
     if args.json:
-        print(json.dumps({"summary": {"mode": args.mode, **(decode if args.mode == "pass" else {}), **summary,
-                                      "load_s": load_s}}))
+        print(json.dumps({"summary": {**iteration.to_json(), **summary, "load_s": load_s}}))
     else:
         # Tokens per model call carries across hardware; tokens/s is this machine's.
         log(f"{summary['new_tokens']} tokens, {summary['tokens_per_s']:.1f} tok/s, {summary['tokens_per_call']:.2f} "
             f"tokens per model call (mean accepted drafts {summary['mean_accepted']:.2f}); load {load_s:.1f} s, "
             f"compile {summary['compile_s']:.1f} s, generate {summary['wall_s']:.1f} s")
     return 0
-
-
-def add_pass_args(parser: argparse.ArgumentParser, auto: bool = True) -> None:
-    """-L, --calls and --draft-tree: the shape of a PaSS iteration."""
-    group = parser.add_argument_group("PaSS iteration (--mode pass)")
-    group.add_argument("--num-lookahead", "-L", default=None, metavar="N" + ("|auto" if auto else ""),
-                       help="look-ahead steps L: a chain of L drafts (default: the depth of --draft-tree)"
-                            + ("; auto times this machine's decode calls and picks the (calls, L, tree) its "
-                               "vectors' measured acceptance predicts fastest, times that setting's decode loop against "
-                               "ar's on your first prompt, and decodes with the faster (saying so when it is ar)"
-                               if auto else ""))
-    group.add_argument("--calls", type=int, choices=(1, 2), default=DEFAULT_CALLS,
-                       help="model calls per iteration: 2 = the paper (a drafting call, then a validation call; "
-                            "A+2 tokens per iteration), 1 = validate and draft in one wider call (A+1 tokens per "
-                            f"call) (default {DEFAULT_CALLS})")
-    group.add_argument("--draft-tree", default=None, metavar="K1,K2,...",
-                       help="candidates per look-ahead depth, verified in one call with a tree mask (e.g. 3,1,1: "
-                            "three candidates for the first draft); sets L to its depth (default "
-                            f"{','.join(map(str, DEFAULT_TREE))} when -L is not given, else a chain of L)")
-
-
-def pass_settings_from_args(args) -> dict:
-    """{"num_lookahead", "calls", "draft_tree"} from -L/--calls/--draft-tree (validated before loading)."""
-    from .draft_tree import parse
-
-    tree = ()
-    if args.draft_tree:
-        try:
-            tree = parse(args.draft_tree)
-        except ValueError as err:
-            raise PassJaxError(str(err)) from None
-    value = args.num_lookahead
-    if value in (None, "auto"):
-        tree = tree or DEFAULT_TREE
-        num_l = len(tree)
-    else:
-        try:
-            num_l = int(value)
-        except ValueError:
-            raise PassJaxError(f"--num-lookahead takes a whole number or auto, got {value!r}") from None
-    return {"num_lookahead": num_l, "calls": args.calls, "draft_tree": tree}
-
-
-def auto_pass_settings(model, lookahead: str, sampling, batch_size: int, prompt_ids=None) -> tuple | None:
-    """`-L auto`: the best setting predicted from call costs, confirmed by timing its decode loop against ar's
-    on the user's prompt (`prompt_ids`), as (decode settings, its resolved (vectors, source)); None (with a
-    note) when ar is faster by either measure."""
-    from . import autotune
-    from . import lookahead as lookahead_lib
-    from .generate import resolve_lookahead
-
-    path = lookahead_lib.resolve_path(lookahead, model.identity)
-    metadata = lookahead_lib.read_metadata(path) if path is not None else None
-    log("-L auto: timing one decode call per candidate shape on this backend ...")
-    best, prediction, _, _ = autotune.autotune(model, metadata, sampling.greedy, batch_size=batch_size)
-    if prediction["ratio_vs_ar"] <= 1.0:
-        log(f"-L auto: no PaSS setting is predicted to beat autoregressive decoding here (best: {best.label()}, "
-            f"{prediction['ratio_vs_ar']:.2f}x ar); decoding with --mode ar")
-        return None
-    log(f"-L auto: {best.label()}, {prediction['tokens_per_call']:.2f} tokens per call, predicted "
-        f"{prediction['ratio_vs_ar']:.2f}x ar from call costs; timing its decode loop against ar's on your prompt ...")
-    resolved = resolve_lookahead(model, lookahead, best.num_lookahead)
-    timed = autotune.timed_ratio(model, best, resolved[0], sampling, batch_size, prompt_ids=prompt_ids)
-    if timed <= 1.0:
-        log(f"-L auto: the timed decode loops put {best.label()} at {timed:.2f}x ar; decoding with --mode ar")
-        return None
-    log(f"-L auto: {best.label()}, {timed:.2f}x ar from the timed decode loops")
-    tree = () if best.is_chain else best.draft_tree
-    return {"num_lookahead": best.num_lookahead, "calls": best.calls, "draft_tree": tree}, resolved
 
 
 def cmd_convert(args) -> int:
@@ -262,10 +187,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_model_arg(gen)
     gen.add_argument("--mode", choices=MODES, default="pass", help="pass (default) or ar: plain decoding")
     gen.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
-                     help="look-ahead vectors: default/text (shipped, trained on Wikipedia, for the bundled "
+                     help="look-ahead parameters: default/text (shipped, trained on Wikipedia, for the bundled "
                           "model), code (shipped, trained on Python), none (untrained), or a .npz / Orbax path")
     gen.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
-    add_pass_args(gen)
+    add_iteration_args(gen, AUTO_HELP)
     add_sampling_args(gen)
     gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0)")
     gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .defaults import DEFAULT_MODEL, cache_dir
+from .defaults import CALLS, DEFAULT_CALLS, DEFAULT_MODEL, DEFAULT_TREE, cache_dir
 from .errors import PassJaxError
 
 LOOKAHEAD_NAMES = ("default", "text", "code", "none")  # --lookahead values that are not paths
@@ -35,6 +35,35 @@ def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8,
                        help=f"0 means greedy (default {temperature}, the paper's setting)")
     group.add_argument("--top-k", type=int, default=top_k, help=f"keep the k most likely tokens (default {top_k})")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0: off)")
+
+
+def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = None) -> None:
+    """-L, --calls and --draft-tree: the shape of a PaSS iteration (`iteration_from_args` reads them);
+    `auto_help` describes `-L auto` where the command takes it."""
+    tree = ",".join(map(str, DEFAULT_TREE))
+    group = parser.add_argument_group("PaSS iteration (--mode pass)")
+    group.add_argument("--num-lookahead", "-L", default=None, metavar="N|auto" if auto_help else "N",
+                       help="look-ahead steps L: a chain of L drafts (default: the depth of --draft-tree)"
+                            + (f"; {auto_help}" if auto_help else ""))
+    group.add_argument("--calls", type=int, choices=CALLS, default=None,
+                       help="model calls per iteration: 2 = the paper (a drafting call, then a validation call; "
+                            "A+2 tokens per iteration), 1 = validate and draft in one wider call (A+1 tokens per "
+                            f"call) (default {DEFAULT_CALLS})")
+    group.add_argument("--draft-tree", default=None, metavar="K1,K2,...",
+                       help="candidates per look-ahead depth, verified in one call with a tree mask (e.g. 3,1,1: "
+                            "three candidates for the first draft); sets L to its depth (default "
+                            f"{tree} when -L is not given, else a chain of L)")
+
+
+def iteration_from_args(args, mode: str = "pass", auto: bool = False):
+    """The `Iteration` that --mode, -L, --calls and --draft-tree name (the defaults apply in
+    `Iteration.from_options`, once), checked before a model is loaded; with `auto`, "auto" for `-L auto`."""
+    from .iteration import Iteration
+
+    if auto and args.num_lookahead == "auto" and mode == "pass":
+        Iteration.from_options(mode, None, args.calls, args.draft_tree)  # still check the other options
+        return "auto"
+    return Iteration.from_options(mode, args.num_lookahead, args.calls, args.draft_tree)
 
 
 def sampling_from_args(args):
@@ -69,12 +98,13 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def check_lookahead_arg(spec: str) -> None:
-    """Read a --lookahead PATH before loading a model, so a bad file fails in a second."""
+def read_lookahead_arg(spec: str):
+    """A --lookahead PATH read before loading a model, so that a bad file fails in a second, as the
+    `lookahead.Resolved` to hand to `lookahead.resolve(found=...)` (the file is read once); None for
+    the names, which are resolved once the model is known."""
     from . import lookahead as lookahead_lib
 
-    if spec not in LOOKAHEAD_NAMES:
-        lookahead_lib.read(spec)
+    return None if spec in LOOKAHEAD_NAMES else lookahead_lib.read_file(spec)
 
 
 def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""One jitted `lax.while_loop` for autoregressive and PaSS decoding, with static shapes.
+"""One jitted `lax.while_loop` for autoregressive and PaSS decoding, with static shapes: `prefill`,
+then `decode_steps` (`decode` is the two; `Generator` runs `decode_steps` in chunks).
 
 Notation (ARCHITECTURE.md, "Notation"): L look-ahead steps [LA]_1..[LA]_L, d_i the draft of [LA]_i
 drawn from q_i, p the target model's distribution, A the accepted drafts. At the start of an
@@ -17,12 +18,10 @@ as in training; after the walk accepts A drafts, the group at the last accepted 
 tree. Those drafts never see the replacement/bonus token r, so q does not depend on r and the rule
 stays exact. Each call commits A + 1 tokens; the prefill drafts the first tree.
 
-A draft tree (`draft_tree`, see `draft_tree.py`) has K_d candidates at depth d; the default is the
-chain (1,)*L. Lengths are per-row data: every row accepts its own A; finished rows stop committing.
+The iteration's shape (`iteration.Iteration`: calls and the draft tree, K_d candidates at depth d, the
+chain (1,)*L being the paper's) is static, in `DecodeSpec`. Lengths are per-row data: every row accepts its own A; finished rows stop committing.
 """
 from __future__ import annotations
-
-from .errors import PassJaxError
 
 import dataclasses
 import functools
@@ -35,101 +34,54 @@ from jax import lax
 
 from . import lookahead as lookahead_lib
 from .config import LlamaConfig
-from .defaults import MODES
 from .draft_tree import DraftTree
+from .iteration import DEFAULT_ITERATION, DecodeError, Iteration
 from .model import Cache, causal_mask, forward, gather_positions, init_cache, lm_head, write_cache
 from .sampling import SamplingConfig, draft_candidates, probabilities, sample, verify
 from .sharding import cache_sharding
 
-
-class DecodeError(PassJaxError):
-    """Decoding settings that cannot run."""
-
-
-CALLS = (1, 2)
-
-
-def check_settings(mode: str, num_lookahead: int, max_new_tokens: int, calls: int = 2,
-                   draft_tree: tuple[int, ...] = ()) -> None:
-    """Validate user-facing decode settings (also called by the CLI before loading a model)."""
-    if mode not in MODES:
-        raise DecodeError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "pass" and num_lookahead < 1:
-        raise DecodeError(f"PaSS needs at least one look-ahead step (--num-lookahead >= 1), got {num_lookahead}")
-    if max_new_tokens < 1:
-        raise DecodeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if calls not in CALLS:
-        raise DecodeError(f"calls must be 1 (validate and draft in one call) or 2 (the paper), got {calls}")
-    if draft_tree:
-        try:
-            DraftTree(tuple(draft_tree))
-        except ValueError as err:
-            raise DecodeError(str(err)) from None
-        if mode == "pass" and len(draft_tree) != num_lookahead:
-            raise DecodeError(f"draft tree {','.join(map(str, draft_tree))} has {len(draft_tree)} depths but "
-                              f"--num-lookahead is {num_lookahead}; they must match")
+__all__ = ["DecodeError", "DecodeSpec", "DecodeState", "DecodeStats", "Iteration", "check_context", "decode",
+           "decode_jit", "decode_steps", "decode_steps_jit", "prefill", "prefill_jit"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
-    """Everything static about a decode: changing it recompiles, changing prompts does not."""
+    """Everything static about a decode: changing it recompiles, changing prompts does not.
+
+    `iteration` is the shape of one loop iteration (`Iteration`: calls, look-ahead steps, draft
+    tree; `Iteration.AR` for plain decoding); its default is the one every entry point shares.
+    """
 
     config: LlamaConfig
-    mode: str = "pass"
-    num_lookahead: int = 4
+    iteration: Iteration = DEFAULT_ITERATION
     max_new_tokens: int = 128
     sampling: SamplingConfig = SamplingConfig()
     eos_ids: tuple[int, ...] = ()
     mesh: Any = None            # shard the KV cache over this mesh (`sharding.cache_sharding`), or None
-    calls: int = 2              # PaSS model calls per iteration: 2 (draft, then validate) or 1 (both at once)
-    draft_tree: tuple[int, ...] = ()  # candidates per look-ahead depth; () is the chain (1,) * num_lookahead
 
     def __post_init__(self):
-        check_settings(self.mode, self.num_lookahead, self.max_new_tokens, self.calls, self.draft_tree)
-
-    @property
-    def tree(self) -> DraftTree:
-        return DraftTree(tuple(self.draft_tree) or (1,) * self.num_lookahead)
-
-    @property
-    def single_call(self) -> bool:
-        return self.mode == "pass" and self.calls == 1
-
-    @property
-    def width(self) -> int:
-        """The widest decode call."""
-        if self.mode != "pass":
-            return 1
-        nodes = self.tree.num_nodes + 1
-        return nodes * (self.num_lookahead + 1) if self.calls == 1 else max(self.num_lookahead + 1, nodes)
-
-    @property
-    def stat_lookahead(self) -> int:
-        return self.num_lookahead if self.mode == "pass" else 0
-
-    @property
-    def overshoot(self) -> int:
-        """Cache slots a decode call may write past the budget's last token (the widest call, plus one)."""
-        return buffer_length(0, self.width)
+        if not isinstance(self.iteration, Iteration):
+            raise DecodeError(f"DecodeSpec.iteration must be an Iteration, got {self.iteration!r}")
+        check_budget(self.max_new_tokens)
 
     def buffer_length(self, prompt_width: int) -> int:
-        return buffer_length(prompt_width + self.max_new_tokens, self.width)
+        """KV buffer slots of a decode whose prompts are padded to `prompt_width`."""
+        return self.iteration.buffer_length(prompt_width + self.max_new_tokens)
+
+
+def check_budget(max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise DecodeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
 def check_context(spec: DecodeSpec, prompt_length: int, error: type[Exception] = DecodeError) -> None:
     """Raise `error` unless a prompt of `prompt_length` tokens, the budget and the slots a decode call
     may write past it fit the model's context. A host check: inside jit the lengths are data."""
-    limit, budget, margin = spec.config.max_seq_len, spec.max_new_tokens, spec.overshoot
+    limit, budget, margin = spec.config.max_seq_len, spec.max_new_tokens, spec.iteration.overshoot
     if prompt_length + budget + margin > limit:
         raise error(f"prompt of {prompt_length} tokens + max_new_tokens={budget} + {margin} positions that a decode "
                     f"call may write past them = {prompt_length + budget + margin} exceeds the model's context of "
                     f"{limit} tokens; these settings leave room for {max(limit - budget - margin, 0)} prompt tokens")
-
-
-def buffer_length(tokens: int, call_width: int) -> int:
-    """KV buffer slots for `tokens` (prompt + new tokens): a decode call of `call_width` positions that
-    starts at the last committed token writes up to `call_width` + 1 slots past it."""
-    return tokens + call_width + 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,22 +116,27 @@ def _call_mask(base, visible, length: int):
 
 
 class DecodeStats(NamedTuple):
-    model_calls: jax.Array      # [B] calls while the row was active (the prefill counts as one)
-    new_tokens: jax.Array       # [B]
-    accepted_hist: jax.Array    # [B, L+1] iterations by number of accepted drafts A
-    position_reached: jax.Array  # [B, L] drafts at look-ahead position i that were validated
-    position_accepted: jax.Array  # [B, L] ... and accepted
+    """Per-row decode statistics. B rows, L = `Iteration.num_lookahead` (0 in ar mode)."""
+
+    model_calls: jax.Array        # int32 [B]: calls while the row was active (the prefill counts as one)
+    new_tokens: jax.Array         # int32 [B]: tokens committed after the prompt
+    accepted_hist: jax.Array      # int32 [B, L+1]: iterations by number of accepted drafts A
+    position_reached: jax.Array   # int32 [B, L]: drafts at look-ahead depth i that were validated
+    position_accepted: jax.Array  # int32 [B, L]: ... and accepted
 
 
 class DecodeState(NamedTuple):
-    tokens: jax.Array   # [B, buffer] committed tokens (garbage past `lengths`)
-    lengths: jax.Array  # [B] committed length; tokens[lengths-1] is pending
-    cache: Cache
-    key: jax.Array
-    done: jax.Array     # [B]
+    """The carry of the decode loop. B rows, S = `DecodeSpec.buffer_length(P)` slots (P the padded
+    prompt width), N = `Iteration.num_nodes` draft nodes, L look-ahead steps, V the vocabulary."""
+
+    tokens: jax.Array   # int32 [B, S]: committed tokens (garbage past `lengths`)
+    lengths: jax.Array  # int32 [B]: committed length; tokens[:, lengths-1] is the pending x_n
+    cache: Cache        # per layer {"k", "v"}: [B, S, kv_heads, head_dim]; valid before lengths-1
+    key: jax.Array      # PRNG key (scalar), split once per iteration
+    done: jax.Array     # bool [B]: the row hit EOS, a stop id or its budget
     stats: DecodeStats
-    drafts: jax.Array   # [B, N] the next call's draft tree (single-call PaSS; [B, 0] otherwise)
-    draft_q: jax.Array  # [B, L, V] the distributions those drafts were drawn from ([B, 0, 0] otherwise)
+    drafts: jax.Array   # int32 [B, N]: the next call's draft tree (single-call PaSS; [B, 0] otherwise)
+    draft_q: jax.Array  # float32 [B, L, V]: the distributions those drafts were drawn from ([B, 0, 0] otherwise)
 
 
 def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeSpec) -> DecodeState:
@@ -237,19 +194,20 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     if spec.mesh is not None:
         sharding = cache_sharding(spec.config, spec.mesh, batch, length)
         cache = lax.with_sharding_constraint(cache, jax.tree.map(lambda _: sharding, cache))
-    groups = spec.num_lookahead if spec.single_call else 0
+    it = spec.iteration
+    groups = it.num_lookahead if it.mode == "pass" and it.calls == 1 else 0
     ids, positions, la_steps, mask, logits_index = _prefill_inputs(prompt_tokens, prompt_lengths, groups, length)
-    extra = lookahead_lib.forward_inputs(lookahead, la_steps) if groups else {}
-    logits, cache = forward(params, spec.config, ids, positions, mask, cache, jnp.zeros((batch,), jnp.int32),
-                            logits_index=logits_index, **extra)
+    logits, cache = forward(params, spec.config, ids, positions, mask, cache=cache,
+                            write_index=jnp.zeros((batch,), jnp.int32), logits_index=logits_index,
+                            lookahead=lookahead_lib.forward_inputs(lookahead, la_steps) if groups else None)
     key, key_first, key_draft = jax.random.split(key, 3)
     first = sample(key_first, probabilities(logits[:, 0], spec.sampling))
     if groups:
-        drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], spec.tree, spec.sampling)
+        drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], it.tree, spec.sampling)
     else:
         drafts, draft_q = jnp.zeros((batch, 0), jnp.int32), jnp.zeros((batch, 0, 0), jnp.float32)
     tokens = jnp.zeros((batch, length), jnp.int32).at[:, :width].set(prompt_tokens)
-    num_l = spec.stat_lookahead
+    num_l = it.num_lookahead
     stats = DecodeStats(jnp.ones((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32),
                         jnp.zeros((batch, num_l + 1), jnp.int32), jnp.zeros((batch, num_l), jnp.int32),
                         jnp.zeros((batch, num_l), jnp.int32))
@@ -262,7 +220,7 @@ def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> De
     x_n = jnp.take_along_axis(state.tokens, pending[:, None], axis=1)
     length = state.tokens.shape[1]
     logits, cache = forward(params, spec.config, x_n, pending[:, None], causal_mask(pending, 1, length),
-                            state.cache, pending)
+                            cache=state.cache, write_index=pending)
     key, sub = jax.random.split(state.key)
     next_token = sample(sub, probabilities(logits[:, 0], spec.sampling))
     active = ~state.done
@@ -281,7 +239,8 @@ def _move_accepted_kv(cache: Cache, base, path, tree: DraftTree) -> Cache:
 
 
 def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> DecodeState:
-    num_l, tree, sampling = spec.num_lookahead, spec.tree, spec.sampling
+    it, sampling = spec.iteration, spec.sampling
+    num_l, tree = it.num_lookahead, it.tree
     num_nodes = tree.num_nodes + 1
     batch, length = state.tokens.shape
     rows = jnp.arange(batch)
@@ -289,13 +248,13 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     key, key_draft, key_verify, key_first = jax.random.split(state.key, 4)
     x_n = state.tokens[rows, pending]
 
-    if spec.calls == 2:
+    if it.calls == 2:
         # Drafting call [x_n, LA_1..LA_L]: d_1 ~ p is exact and becomes the root of the tree.
         offsets = jnp.arange(num_l + 1, dtype=jnp.int32)[None, :]
         ids = jnp.concatenate([x_n[:, None], jnp.zeros((batch, num_l), jnp.int32)], axis=1)
         logits, cache = forward(params, spec.config, ids, pending[:, None] + offsets,
-                                causal_mask(pending, num_l + 1, length), state.cache, pending,
-                                **lookahead_lib.forward_inputs(lookahead, jnp.broadcast_to(offsets, ids.shape)))
+                                causal_mask(pending, num_l + 1, length), cache=state.cache, write_index=pending,
+                                lookahead=lookahead_lib.forward_inputs(lookahead, jnp.broadcast_to(offsets, ids.shape)))
         root = sample(key_first, probabilities(logits[:, 0], sampling))
         drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], tree, sampling)
         base, committed_root = state.lengths, root[:, None]
@@ -304,13 +263,13 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
         base, committed_root = pending, jnp.zeros((batch, 0), jnp.int32)
 
     # Validation call: the root, the tree, and (single call) a look-ahead group after every node.
-    group_size = num_l if spec.calls == 1 else 0
+    group_size = num_l if it.calls == 1 else 0
     offsets, la_steps, visible = _validation_layout(tree, group_size)
     ids = jnp.concatenate([root[:, None], drafts, jnp.zeros((batch, len(offsets) - num_nodes), jnp.int32)], axis=1)
     la_steps = jnp.broadcast_to(jnp.asarray(la_steps), ids.shape)
     hidden, cache = forward(params, spec.config, ids, base[:, None] + jnp.asarray(offsets),
-                            _call_mask(base, visible, length), cache, base, hidden_only=True,
-                            **(lookahead_lib.forward_inputs(lookahead, la_steps) if group_size else {}))
+                            _call_mask(base, visible, length), cache=cache, write_index=base, hidden_only=True,
+                            lookahead=lookahead_lib.forward_inputs(lookahead, la_steps) if group_size else None)
     p = probabilities(lm_head(params, spec.config, hidden[:, :num_nodes]), sampling)
     num_accepted, path, next_token, accepted = verify(key_verify, tree, drafts, q=draft_q, p=p,
                                                       greedy=sampling.greedy)
@@ -333,7 +292,7 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     act = active[:, None].astype(jnp.int32)
     s = state.stats
     stats = s._replace(
-        model_calls=s.model_calls + spec.calls * active,
+        model_calls=s.model_calls + it.calls * active,
         accepted_hist=s.accepted_hist + act * jax.nn.one_hot(num_accepted, num_l + 1, dtype=jnp.int32),
         position_reached=s.position_reached + act * (jnp.arange(num_l)[None, :] <= num_accepted[:, None]),
         position_accepted=s.position_accepted + act * accepted,
@@ -341,8 +300,11 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     return state._replace(stats=stats)
 
 
+NO_STEP_LIMIT = np.iinfo(np.int32).max  # `decode_steps`' max_steps for a run to the end
+
+
 def _step_fn(params, lookahead, prompt_lengths, spec: DecodeSpec):
-    if spec.mode == "pass":
+    if spec.iteration.mode == "pass":
         return lambda s: _pass_step(params, lookahead, s, prompt_lengths, spec)
     return lambda s: _ar_step(params, s, prompt_lengths, spec)
 
@@ -364,15 +326,22 @@ def decode_steps(params, lookahead, state: DecodeState, prompt_lengths, max_step
 
 
 def decode(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
-    """The whole generation: prefill, then one `lax.while_loop` until every row is done.
+    """The whole generation: `prefill`, then `decode_steps` until every row is done.
 
     prompt_tokens [B, P] are right-padded to a bucket width P; prompt_lengths [B] are data, so
     prompts of any length within a bucket reuse one compilation. `lookahead` (the look-ahead
-    parameters) is unused in ar mode, and may be None there.
+    parameters) is unused in ar mode, and may be None there. This is the loop `Generator` runs, in
+    chunks of `decode_steps` (a chunk only caps the iteration count, so the result is the same).
     """
     state = prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec)
-    step = _step_fn(params, lookahead, prompt_lengths, spec)
-    return lax.while_loop(lambda s: ~jnp.all(s.done), step, state)
+    return decode_steps(params, lookahead, state, prompt_lengths, NO_STEP_LIMIT, spec)
+
+
+def check_prompt_lengths(spec: DecodeSpec, prompt_lengths) -> None:
+    """`check_context` for the longest prompt this process holds (of a host or a sharded array)."""
+    shards = getattr(prompt_lengths, "addressable_shards", None)
+    longest = max(np.max(np.asarray(s.data)) for s in shards) if shards else np.max(np.asarray(prompt_lengths))
+    check_context(spec, int(longest))
 
 
 _decode_jit = jax.jit(decode, static_argnames=("spec",))
@@ -380,12 +349,10 @@ _decode_jit = jax.jit(decode, static_argnames=("spec",))
 
 def decode_jit(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
     """`decode`, jitted, once the longest prompt this process holds is checked to fit the context."""
-    shards = getattr(prompt_lengths, "addressable_shards", None)
-    longest = max(np.max(np.asarray(s.data)) for s in shards) if shards else np.max(np.asarray(prompt_lengths))
-    check_context(spec, int(longest))
+    check_prompt_lengths(spec, prompt_lengths)
     return _decode_jit(params, lookahead, prompt_tokens, prompt_lengths, key, spec=spec)
 
 
-# Streaming: prefill once, then `decode_steps_jit` in chunks, reading the committed tokens between them.
+# `Generator` runs these: `prefill_jit` once, then `decode_steps_jit` in chunks, reading the state between them.
 prefill_jit = jax.jit(prefill, static_argnames=("spec",))
 decode_steps_jit = jax.jit(decode_steps, static_argnames=("spec",), donate_argnames=("state",))

@@ -1,4 +1,5 @@
-"""Names and locations that several layers share, importable without JAX (the CLI parser uses them)."""
+"""Names, locations and defaults that several layers share, importable without JAX (the CLI parser
+uses them)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,13 @@ from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"  # the bundled SmolLM2-135M-Instruct (`loading.resolve_model_path`)
 MODES = ("ar", "pass")  # plain autoregressive decoding, or PaSS
+CALLS = (1, 2)  # PaSS model calls per iteration: 1 (validate and draft in one call) or 2 (the paper)
+# The default iteration of every entry point (`iteration.DEFAULT_ITERATION`: the CLI, `Generator`,
+# `pass_jax.generate()`, `DecodeSpec`, `plan`), chosen by measurement (docs/BENCHMARKS.md): one call per
+# iteration and 4 then 2 candidates commit the most tokens per model call on held-out prompts.
+DEFAULT_CALLS = 1
+DEFAULT_TREE = (4, 2)
+BENCH_TREES = ((3, 1, 1), DEFAULT_TREE, (4, 2, 1))  # `bench`'s trees beside its chains (--draft-tree)
 CACHE_ENV = "PASS_JAX_CACHE"
 
 

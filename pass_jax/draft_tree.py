@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-MAX_NODES = 256
+from .iteration import _check_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,10 +20,7 @@ class DraftTree:
     branching: tuple[int, ...]
 
     def __post_init__(self):
-        if not self.branching or any(int(k) < 1 for k in self.branching):
-            raise ValueError(f"a draft tree needs at least one depth and >= 1 candidate per depth, got {self.branching}")
-        if self.num_nodes > MAX_NODES:
-            raise ValueError(f"draft tree {self.branching} has {self.num_nodes} nodes; at most {MAX_NODES} are supported")
+        _check_tree(tuple(self.branching))  # a DecodeError (a ValueError)
 
     @property
     def depth(self) -> int:
@@ -84,12 +81,3 @@ class DraftTree:
         """[N+1, N+1] bool: ancestors[a, b] when b is a itself or an ancestor of a."""
         return self._tables[4]
 
-
-def parse(text: str) -> tuple[int, ...]:
-    """'3,2,1' -> (3, 2, 1), for the CLI."""
-    try:
-        branching = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"--draft-tree takes comma-separated candidate counts per depth, e.g. 3,2,1; got {text!r}") from None
-    DraftTree(branching)
-    return branching

@@ -1,5 +1,5 @@
 """Batch generation at the edge: tokenize (raw or through the chat template), bucket, batch, run the
-jitted loop, detokenize (all at the end, or streamed between chunks of loop iterations).
+jitted loop in chunks (streaming between them, and a Ctrl-C is taken between them), detokenize.
 
 Python-side state lives only here and in the CLI; `decoding` stays pure.
 """
@@ -17,18 +17,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
-from .decoding import DecodeSpec, check_context, decode_steps_jit, prefill_jit
+from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit
 from .distributed import gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
+from .iteration import Iteration
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
 from .sampling import SamplingConfig
 
 MIN_BUCKET = 16
-# A streamed decode is read back about this often (0: after every iteration). A read costs a
-# host-device sync and a launch, a fixed time that would be a large share of a fast decode step (an
-# accelerator's, or ar's) if every iteration were read; so the chunk grows until it takes this long.
-STREAM_INTERVAL_S = 0.2
-NO_STEP_LIMIT = np.iinfo(np.int32).max
+# The decode loop runs in chunks of about this long, in every output mode: a streamed answer is read
+# between them, and a Ctrl-C (KeyboardInterrupt) is taken between them, so it ends a run within about
+# this long. A chunk costs a host-device sync and a launch, a fixed time that would be a large share
+# of a fast decode step (an accelerator's, or ar's) if every iteration were one; so the chunk grows
+# until it takes this long.
+CHUNK_INTERVAL_S = 0.2
 # The bundled SmolLM2-135M-Instruct (Q4_1) under its template's own system prompt answers "The capital
 # of France is" in broken French; under this one it answers it, and 9 of 12 short factual prompts
 # against 7 of 12 (greedy; docs/bench/chat_prompts.py).
@@ -109,10 +111,13 @@ class TextStream:
         return rest
 
 
-def resolve_lookahead(model: LoadedModel, spec: str | None, num_lookahead: int, domain: str = "text"):
-    """`--lookahead {default,text,code,none,PATH}` for this model -> (parameters cut to L, a description);
-    `default` is the shipped vectors of `domain` for the bundled model (see `lookahead.resolve`)."""
-    return lookahead_lib.resolve(spec, model.params, model.config, num_lookahead, model.identity, domain=domain)
+def resolve_lookahead(model: LoadedModel, spec: str | None, domain: str = "text", num_lookahead: int | None = None,
+                      found: lookahead_lib.Resolved | None = None) -> lookahead_lib.Resolved:
+    """`--lookahead {default,text,code,none,PATH}` for this model, read once -> `lookahead.Resolved`
+    (parameters, source, metadata) for `Generator`; `default` is the shipped parameters of `domain` for
+    the bundled model (see `lookahead.resolve`), `num_lookahead` the steps of an untrained draw."""
+    return lookahead_lib.resolve(spec, model.params, model.config, model.identity, domain=domain,
+                                 num_lookahead=num_lookahead, found=found)
 
 
 def bucket_width(length: int, max_len: int) -> int:
@@ -165,25 +170,36 @@ def summarize(stats: Sequence[dict[str, Any]], wall_s: float, compile_s: float) 
 class Generator:
     """Generates from one loaded model with fixed decode settings; compiles once per bucket.
 
+    iteration: the shape of a decode iteration (`Iteration`: calls, look-ahead steps, draft tree;
+    `Iteration.AR` for plain decoding). Instead of it, the options `mode`, `num_lookahead`, `calls`
+    and `draft_tree` may name it as the CLI does (`Iteration.from_options`); with neither, the default
+    iteration every entry point shares (one call, tree 4,2).
+
     chat: True puts each prompt into the tokenizer's chat template as a user message (after the
     `system` message: by default BUNDLED_SYSTEM_PROMPT for the bundled model, the template's own for
     others) and generates the assistant's answer; "auto" does so when the tokenizer has a template.
     The default False feeds the prompt as raw text to continue.
 
-    lookahead: PaSS's look-ahead parameters (vectors [L', d_emb] or deep ones, L' >= num_lookahead;
-    cut to num_lookahead), described in reports as `lookahead_source`; None means the model's default
-    (`lookahead.resolve("default")`: the shipped text vectors for the bundled model, else untrained).
-    A name or path (`--lookahead text|code|none|PATH`) is resolved by the caller with
-    `lookahead.resolve` (or `resolve_lookahead`), which also picks the shipped vectors of a domain.
+    lookahead: PaSS's look-ahead parameters: a `lookahead.Resolved` (from `resolve_lookahead`, which
+    resolves a `--lookahead` name or path once), or parameters of any kind (an array [L', d_emb] or a
+    deep/adapter dict, L' >= L) described in reports as `lookahead_source`, or None for the model's
+    default (the shipped text parameters for the bundled model, else untrained). They are checked
+    and cut to the iteration's L here, once.
     """
 
-    def __init__(self, model: LoadedModel, *, mode: str = "pass", num_lookahead: int = 4,
-                 lookahead: Any = None, lookahead_source: str | None = None, max_new_tokens: int = 128,
+    def __init__(self, model: LoadedModel, iteration: Iteration | None = None, *, lookahead: Any = None,
+                 lookahead_source: str | None = None, max_new_tokens: int = 128,
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None,
-                 stop_ids: Sequence[int] = (), calls: int = 2,
-                 draft_tree: Sequence[int] = (), chat: bool | str = False, system: str | None = None):
+                 stop_ids: Sequence[int] = (), chat: bool | str = False, system: str | None = None,
+                 mode: str | None = None, num_lookahead: int | None = None, calls: int | None = None,
+                 draft_tree: Sequence[int] | None = None):
         if batch_size < 1:
             raise GenerationError(f"batch size must be >= 1, got {batch_size}")
+        options = (mode, num_lookahead, calls, draft_tree)
+        if iteration is None:
+            iteration = Iteration.from_options(*options)
+        elif any(option is not None for option in options):
+            raise GenerationError("give the iteration or the options mode/num_lookahead/calls/draft_tree, not both")
         self.chat = resolve_chat(model.tokenizer, chat)
         if system is not None and not self.chat:
             raise GenerationError("a system prompt needs chat mode (--chat, chat=True)")
@@ -196,19 +212,20 @@ class Generator:
         eos = model.tokenizer.eos_token_id
         # A row ends at EOS or at any of `stop_ids` (kept, like EOS, as its last token).
         stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())))
-        self.spec = DecodeSpec(model.config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new_tokens,
-                               sampling=sampling, eos_ids=stops, calls=calls, draft_tree=tuple(draft_tree), mesh=mesh)
-        if mode != "pass":  # plain decoding takes no look-ahead parameters
-            self.lookahead, self.lookahead_source = None, "unused (autoregressive)"
-        elif lookahead is None:
-            self.lookahead, self.lookahead_source = resolve_lookahead(model, "default", num_lookahead)
-        elif isinstance(lookahead, str):
-            raise GenerationError(f"lookahead={lookahead!r}: Generator takes look-ahead parameters; resolve a name "
-                                  "or path with pass_jax.generate.resolve_lookahead(model, spec, num_lookahead)")
-        else:
-            self.lookahead = lookahead_lib.prepare(jax.tree.map(jnp.asarray, lookahead), model.config, num_lookahead,
-                                                   "look-ahead vectors")
-            self.lookahead_source = lookahead_source or "given"
+        self.spec = DecodeSpec(model.config, iteration, max_new_tokens=max_new_tokens, sampling=sampling,
+                               eos_ids=stops, mesh=mesh)
+        self.iteration = iteration
+        self.lookahead, self.lookahead_source = None, "unused (autoregressive)"  # plain decoding takes none
+        if iteration.mode == "pass":
+            if lookahead is None:
+                lookahead = resolve_lookahead(model, "default", num_lookahead=iteration.num_lookahead)
+            elif isinstance(lookahead, str):
+                raise GenerationError(f"lookahead={lookahead!r}: Generator takes look-ahead parameters; resolve a "
+                                      "name or path with pass_jax.generate.resolve_lookahead(model, spec)")
+            elif not isinstance(lookahead, lookahead_lib.Resolved):
+                lookahead = lookahead_lib.Resolved(lookahead, lookahead_source or "given")
+            self.lookahead = lookahead.prepare(model.config, iteration.num_lookahead)
+            self.lookahead_source = lookahead.source
         self._compiled: dict[tuple[int, int], Any] = {}
         self.compile_s = 0.0
 
@@ -240,8 +257,12 @@ class Generator:
             start = time.perf_counter()
             prefill = prefill_jit.lower(*args, spec=self.spec).compile()
             params, lookahead, _, lengths, _ = args
-            steps = decode_steps_jit.lower(params, lookahead, prefill.out_info, lengths, np.int32(0),
-                                           spec=self.spec).compile()
+            # The loop runs in chunks, each taking the last one's state: on a mesh, pin its output
+            # shardings to its input's (prefill's), or XLA may shard per-row state that came in replicated.
+            loop = decode_steps_jit if self.mesh is None else jax.jit(
+                decode_steps, static_argnames=("spec",), donate_argnames=("state",),
+                out_shardings=prefill.output_shardings)
+            steps = loop.lower(params, lookahead, prefill.out_info, lengths, np.int32(0), spec=self.spec).compile()
             self._compiled[key] = prefill, steps
             self.compile_s += time.perf_counter() - start
         return self._compiled[key]
@@ -250,9 +271,10 @@ class Generator:
                      on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
         """Decode one batch of token-id prompts; returns (the final DecodeState on host, wall seconds).
 
-        With `on_chunk`, the loop runs in chunks of about STREAM_INTERVAL_S and `on_chunk(tokens,
-        lengths)` sees the committed tokens on host after the prefill and after every chunk. The
-        result is the same either way: a chunk only caps the loop's iteration count.
+        The loop runs in chunks of about CHUNK_INTERVAL_S (a KeyboardInterrupt is raised between them);
+        with `on_chunk`, `on_chunk(tokens, lengths)` sees the committed tokens on host after the prefill
+        and after every chunk. The result is the same either way: a chunk only caps the loop's
+        iteration count (`decoding.decode` is the same loop in one piece).
         """
         batch, longest = len(prompt_ids), max(len(p) for p in prompt_ids)
         check_context(self.spec, longest, GenerationError)  # as in encode, for callers that skip it
@@ -273,20 +295,18 @@ class Generator:
         prefill, steps = self._executables(batch, width, args)
         start = time.perf_counter()
         state = prefill(*args)
-        if on_chunk is None:
-            state = steps(self.model.params, lookahead, state, lengths, NO_STEP_LIMIT)
-        else:
-            chunk = 1
-            while True:
-                host_tokens, host_lengths, done = gather_to_host((state.tokens, state.lengths, state.done))
+        chunk = 1
+        while True:
+            if on_chunk is not None:
+                host_tokens, host_lengths = gather_to_host((state.tokens, state.lengths))
                 on_chunk(host_tokens, host_lengths)
-                if done.all():
-                    break
-                tick = time.perf_counter()
-                state = steps(self.model.params, lookahead, state, lengths, np.int32(chunk))
-                jax.block_until_ready(state.lengths)
-                per_step = (time.perf_counter() - tick) / chunk
-                chunk = max(1, min(4 * chunk, int(STREAM_INTERVAL_S / per_step)))  # grow at most 4x per read
+            if gather_to_host(state.done).all():
+                break
+            tick = time.perf_counter()
+            state = steps(self.model.params, lookahead, state, lengths, np.int32(chunk))
+            jax.block_until_ready(state.lengths)
+            per_step = (time.perf_counter() - tick) / chunk
+            chunk = max(1, min(4 * chunk, int(CHUNK_INTERVAL_S / per_step)))  # grow at most 4x per read
         jax.block_until_ready(state.tokens)
         wall = time.perf_counter() - start
         return gather_to_host(state._replace(cache=None, key=None)), wall
@@ -335,16 +355,18 @@ class Generator:
 
 def generate(prompts: str | Iterable[str], model: str | LoadedModel = DEFAULT_MODEL, *, seed: int = 0,
              **settings) -> list[GenerationResult]:
-    """One-call API: `generate("Once upon a time", mode="pass", num_lookahead=4)`; `chat="auto"` asks an
-    instruct model in its chat template. Settings are `Generator`'s, and `lookahead` may also be a
-    `--lookahead` name or path."""
+    """One-call API: `generate("Once upon a time")` decodes with the default iteration (as the CLI does);
+    `generate(..., num_lookahead=4, calls=2)` or `iteration=Iteration(...)` names another, and
+    `chat="auto"` asks an instruct model in its chat template. Settings are `Generator`'s, and
+    `lookahead` may also be a `--lookahead` name or path."""
     if isinstance(prompts, str):
         prompts = [prompts]
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    if settings.get("mode", "pass") == "pass" and isinstance(settings.get("lookahead"), str):  # a --lookahead name or path, resolved here at the edge
-        settings["lookahead"], settings["lookahead_source"] = resolve_lookahead(
-            loaded, settings["lookahead"], settings.get("num_lookahead", 4))
-    results, _ = Generator(loaded, **settings).generate(list(prompts), seed=seed)
+    iteration = settings.pop("iteration", None) or Iteration.from_options(
+        *(settings.pop(option, None) for option in ("mode", "num_lookahead", "calls", "draft_tree")))
+    if iteration.mode == "pass" and isinstance(settings.get("lookahead"), str):  # a --lookahead name or path
+        settings["lookahead"] = resolve_lookahead(loaded, settings["lookahead"], num_lookahead=iteration.num_lookahead)
+    results, _ = Generator(loaded, iteration, **settings).generate(list(prompts), seed=seed)
     return results
 
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from .errors import PassJaxError, quiet_abandoned_reads, root_reason
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,18 +31,14 @@ import numpy as np
 
 from .config import LlamaConfig
 from .defaults import DEFAULT_MODEL
+from .model import LookaheadInputs
 
 KINDS = ("vectors", "deep", "adapter")
-LOOKAHEAD_AXES = ("lookahead", "embed")
-LAYER_AXES = ("layers", "lookahead", "embed")
 DEEP_KEYS = frozenset({"embeds", "layers"})
 # Per layer (attention input, MLP input) and once before the LM head; "down" [.., La, D, r], "up" [.., La, r, D].
 ADAPTER_LEAVES = ("attn_down", "attn_up", "mlp_down", "mlp_up", "head_down", "head_up")
-ADAPTER_AXES = {"attn_down": ("layers", "lookahead", "embed", "rank"), "attn_up": ("layers", "lookahead", "rank", "embed"),
-                "mlp_down": ("layers", "lookahead", "embed", "rank"), "mlp_up": ("layers", "lookahead", "rank", "embed"),
-                "head_down": ("lookahead", "embed", "rank"), "head_up": ("lookahead", "rank", "embed")}
 BUNDLED_DIR = Path(__file__).resolve().parent / "lookahead_weights"
-MAX_BUNDLED_L = 8
+UNTRAINED_STEPS = 8  # steps `resolve` draws for the untrained initialisation when no L is given (-L auto)
 
 
 class LookaheadError(PassJaxError):
@@ -147,14 +145,6 @@ def init(kind: str, params, config: LlamaConfig, num_lookahead: int, key, adapte
                    key=adapter_key)
 
 
-def logical_axes(lookahead):
-    """The logical axis names of each leaf, as a pytree like `lookahead`."""
-    kind = kind_of(lookahead)
-    if kind == "vectors":
-        return LOOKAHEAD_AXES
-    return {"embeds": LOOKAHEAD_AXES, "layers": LAYER_AXES, **(ADAPTER_AXES if kind == "adapter" else {})}
-
-
 def num_steps(lookahead) -> int:
     return input_vectors(lookahead).shape[0]
 
@@ -174,7 +164,7 @@ def truncate(lookahead, num_lookahead: int):
     return cut
 
 
-def check(lookahead, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead vectors"):
+def check(lookahead, config: LlamaConfig, num_lookahead: int | None = None, where: str = "look-ahead parameters"):
     """Raise a one-line LookaheadError unless the parameters fit this model (and hold num_lookahead steps)."""
     vectors = input_vectors(lookahead)
     if vectors.ndim != 2 or vectors.shape[1] != config.hidden_size:
@@ -304,23 +294,28 @@ def _check_finite(lookahead, what: str) -> None:
         raise LookaheadError(f"{what} hold {bad} non-finite values (NaN or inf)")
 
 
-def forward_inputs(lookahead, step_index) -> dict:
-    """`forward` keyword arguments that put look-ahead parameters at the slots where step_index > 0.
+def forward_inputs(lookahead, step_index) -> LookaheadInputs | None:
+    """`forward`'s `lookahead=` argument that puts look-ahead parameters at the slots where step_index > 0
+    (None for None parameters: a plain call).
 
     step_index int [B, T]: 0 for a real token, i for [LA]_i (1-based). Real tokens see exactly the
     base model. Every decode variant and the training loss build their inputs through this one
-    function, so a new look-ahead parametrisation only has to extend it.
+    function, so a new look-ahead parametrisation only has to extend it (and `LookaheadInputs`).
     """
+    if lookahead is None:
+        return None
+
     def by_step(table):  # [..., L, D] -> [..., B, T, D]; row 0 (real tokens) is unused
         return jnp.take(jnp.concatenate([jnp.zeros_like(table[..., :1, :]), table], axis=-2), step_index, axis=-2)
 
     kind = kind_of(lookahead)
-    inputs = {"input_embeds": by_step(input_vectors(lookahead)), "embeds_mask": step_index > 0}
+    inputs = LookaheadInputs(mask=step_index > 0, embeds=by_step(input_vectors(lookahead)))
     if kind != "vectors":
-        inputs["layer_embeds"] = by_step(lookahead["layers"])
+        inputs = inputs._replace(layer_embeds=by_step(lookahead["layers"]))
     if kind == "adapter":  # one-hot of the step over the adapted steps: zero at tokens and later steps
-        inputs["adapters"] = {name: lookahead[name] for name in ADAPTER_LEAVES}
-        inputs["adapter_select"] = jax.nn.one_hot(step_index - 1, adapter_steps(lookahead), dtype=jnp.float32)
+        inputs = inputs._replace(adapters={name: lookahead[name] for name in ADAPTER_LEAVES},
+                                 adapter_select=jax.nn.one_hot(step_index - 1, adapter_steps(lookahead),
+                                                               dtype=jnp.float32))
     return inputs
 
 
@@ -328,21 +323,49 @@ def bundled_path(domain: str = "text") -> Path:
     return BUNDLED_DIR / f"{DEFAULT_MODEL}-{domain}.npz"
 
 
-def resolve(spec: str | None, params, config: LlamaConfig, num_lookahead: int, model_identity: str | None = None,
-            key=None, domain: str = "text") -> tuple:
-    """`--lookahead {default,text,code,none,PATH}` -> (parameters cut to L steps, a description).
+@dataclasses.dataclass(frozen=True, eq=False)
+class Resolved:
+    """`--lookahead` resolved once: the parameters (every step their source holds, not yet checked
+    against a model), a description of their source for reports, the JSON metadata saved beside them
+    ({} if none: `-L auto` reads its "acceptance"), and their file (None for the untrained ones)."""
+
+    params: Any
+    source: str
+    metadata: dict = dataclasses.field(default_factory=dict)
+    path: Path | None = None
+
+    def prepare(self, config: LlamaConfig, num_lookahead: int):
+        """The parameters checked against the model and cut to `num_lookahead` steps, on device in the
+        model's parameter dtype: what a decode takes (done once, by `Generator`)."""
+        cut = prepare(self.params, config, num_lookahead, str(self.path) if self.path else "look-ahead parameters")
+        return jax.tree.map(lambda x: jnp.asarray(x, config.jnp_param_dtype), cut)
+
+
+def read_file(path: str | Path, source: str | None = None) -> Resolved:
+    """The parameters and metadata of a .npz or Orbax path, read once (checked readable and finite)."""
+    path = Path(path).expanduser()
+    return Resolved(read(path), source or f"trained ({path})", read_metadata(path), path)
+
+
+def resolve(spec: str | None, params, config: LlamaConfig, model_identity: str | None = None, *,
+            domain: str = "text", num_lookahead: int | None = None, key=None, found: Resolved | None = None
+            ) -> Resolved:
+    """`--lookahead {default,text,code,none,PATH}` -> `Resolved`, reading its file once.
 
     For the bundled SmolLM2 (model_identity, `LoadedModel.identity`, says so; a converted copy keeps
     it), 'text' uses the shipped parameters trained on Wikipedia text, 'code' those trained on
     Python, and 'default' those of `domain`; other models fall back to the untrained
-    initialisation, which 'none' always means.
+    initialisation (`num_lookahead` steps, default UNTRAINED_STEPS), which 'none' always means.
+    `found`: what `read_file` already read for this spec (the CLI reads a PATH before loading a model).
     """
-    key = jax.random.key(0) if key is None else key
+    if found is not None:
+        return found
     path = resolve_path(spec, model_identity, domain)
     if path is None:
-        return init_untrained(params, num_lookahead, key), "untrained (mean embedding + noise)"
-    name = path.name if path.parent == BUNDLED_DIR else str(spec)
-    return prepare(load(path, config), config, num_lookahead, str(path)), f"trained ({name})"
+        key = jax.random.key(0) if key is None else key
+        steps = UNTRAINED_STEPS if num_lookahead is None else num_lookahead
+        return Resolved(init_untrained(params, steps, key), "untrained (mean embedding + noise)")
+    return read_file(path, f"trained ({path.name if path.parent == BUNDLED_DIR else spec})")
 
 
 def resolve_path(spec: str | None, model_identity: str | None = None, domain: str = "text") -> Path | None:
@@ -352,5 +375,5 @@ def resolve_path(spec: str | None, model_identity: str | None = None, domain: st
     if shipped and model_identity == DEFAULT_MODEL and bundled_path(shipped).is_file():
         return bundled_path(shipped)
     if spec in ("text", "code"):
-        raise LookaheadError(f"--lookahead {spec}: shipped vectors exist only for the bundled {DEFAULT_MODEL}")
+        raise LookaheadError(f"--lookahead {spec}: shipped look-ahead parameters exist only for the bundled {DEFAULT_MODEL}")
     return None if spec in ("default", "none") else Path(spec)

@@ -8,7 +8,7 @@ step about 1.7x slower (ARCHITECTURE.md, "Design measurements"), and decoding is
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -186,35 +186,47 @@ class Block(nn.Module):
         return x, new_cache
 
 
+class LookaheadInputs(NamedTuple):
+    """What look-ahead parameters put into one call (`lookahead.forward_inputs` builds it for every
+    kind): B rows, T positions, D = hidden size, La adapted steps."""
+
+    mask: jax.Array                        # bool [B, T]: the look-ahead slots; every other one sees the base model
+    embeds: jax.Array                      # [B, T, D]: replace the token embeddings at those slots
+    layer_embeds: jax.Array | None = None  # [num_layers, B, T, D]: added before each layer there (deep, adapter)
+    adapters: dict | None = None           # {attn,mlp}_{down,up} [num_layers, La, ..], head_{down,up} [La, ..] (`adapt`)
+    adapter_select: jax.Array | None = None  # float32 [B, T, La]: one-hot of each slot's adapted step (zero: none)
+
+
 class Llama(nn.Module):
     """The LLaMA decoder. See `forward` for the call signature users should prefer."""
 
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, tokens, positions, mask, cache: Cache | None = None, write_index=None,
-                 input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False, layer_embeds=None,
-                 adapters=None, adapter_select=None, group_size=None):
+    def __call__(self, tokens, positions, mask, cache: Cache | None = None, write_index=None, *,
+                 lookahead: LookaheadInputs | None = None, logits_index=None, hidden_only=False, group_size=None):
         c = self.config
         embedding = _param(self, "embedding", (c.vocab_size, c.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, tokens, axis=0).astype(c.jnp_dtype)
-        if input_embeds is not None:
-            # Look-ahead vectors (or any custom embedding) replace the token embedding per position.
-            x = jnp.where(embeds_mask[..., None], input_embeds.astype(c.jnp_dtype), x)
+        la = lookahead
+        if la is not None:
+            # Look-ahead parameters (or any custom embedding) replace the token embedding per position.
+            x = jnp.where(la.mask[..., None], la.embeds.astype(c.jnp_dtype), x)
         inv_freq = rope_inv_freq(c)
         new_cache = []
+        adapters = None if la is None else la.adapters
         for i in range(c.num_layers):
-            if layer_embeds is not None:  # deep look-ahead: added to the residual stream at embeds_mask slots only
-                x = jnp.where(embeds_mask[..., None], x + layer_embeds[i].astype(c.jnp_dtype), x)
+            if la is not None and la.layer_embeds is not None:  # deep: added to the residual stream at la.mask only
+                x = jnp.where(la.mask[..., None], x + la.layer_embeds[i].astype(c.jnp_dtype), x)
             adapter = None if adapters is None else (
                 {name: leaf[i] for name, leaf in adapters.items() if not name.startswith("head")},
-                adapter_select, embeds_mask)
+                la.adapter_select, la.mask)
             x, layer_cache = Block(c, name=f"layer_{i}")(
                 x, positions, mask, inv_freq, None if cache is None else cache[i], write_index, adapter, group_size)
             new_cache.append(layer_cache)
         x = RMSNorm(c, name="final_norm")(x)
         if adapters is not None:
-            x = adapt(x, adapters["head_down"], adapters["head_up"], adapter_select, embeds_mask)
+            x = adapt(x, adapters["head_down"], adapters["head_up"], la.adapter_select, la.mask)
         head = None if c.tie_embeddings else _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
         new_cache = None if cache is None else tuple(new_cache)
         if hidden_only:  # the caller projects the positions it needs with `lm_head`
@@ -242,26 +254,21 @@ def lm_head(params, config: LlamaConfig, hidden):
     return _project(hidden, params["embedding"] if config.tie_embeddings else params["lm_head"], config)
 
 
-def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache | None = None,
-            write_index=None, input_embeds=None, embeds_mask=None, logits_index=None, hidden_only=False,
-            layer_embeds=None, adapters=None, adapter_select=None, group_size=None):
+def forward(params, config: LlamaConfig, tokens, positions, mask, cache: Cache | None = None, write_index=None, *,
+            lookahead: LookaheadInputs | None = None, logits_index=None, hidden_only=False, group_size=None):
     """Pure forward pass.
 
     tokens: int [B, T]; positions: int [B, T] (RoPE positions); mask: bool [B, T, S] where S is the
     cache length (or T without a cache); cache: from `init_cache`, written at per-row `write_index`
-    [B]; input_embeds [B, T, D] replace token embeddings where `embeds_mask` [B, T] is true;
-    logits_index [B] picks one position per row, [B, K] several. Returns (float32 logits, new cache
-    or None); with hidden_only, (final hidden states [B, T, D], new cache) for `lm_head`.
-    layer_embeds [num_layers, B, T, D] are added to the residual stream before each layer where
-    `embeds_mask` is true (deep look-ahead parameters); other positions see the base model exactly.
-    adapters ({attn,mlp}_{down,up} [num_layers, La, ...], head_{down,up} [La, ...]) with
-    adapter_select [B, T, La] apply low-rank look-ahead adapters at `embeds_mask` slots (`adapt`).
+    [B]; lookahead: what look-ahead parameters put at the look-ahead slots (`LookaheadInputs`, built
+    by `lookahead.forward_inputs`; other positions see the base model exactly); logits_index [B]
+    picks one position per row, [B, K] several. Returns (float32 logits, new cache or None); with
+    hidden_only, (final hidden states [B, T, D], new cache) for `lm_head`.
     group_size (static): T is made of independent groups of that many slots that see the cache through
     `mask` [B, T, S] and, causally, their own group; the cache is read, not written (training).
     """
-    return Llama(config).apply({"params": params}, tokens, positions, mask, cache, write_index,
-                               input_embeds, embeds_mask, logits_index, hidden_only, layer_embeds, adapters,
-                               adapter_select, group_size)
+    return Llama(config).apply({"params": params}, tokens, positions, mask, cache, write_index, lookahead=lookahead,
+                               logits_index=logits_index, hidden_only=hidden_only, group_size=group_size)
 
 
 def _init_inputs():

@@ -17,6 +17,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 
 from .config import ConfigError, LlamaConfig, load_preset
 from .errors import PassJaxError
+from .iteration import DEFAULT_ITERATION, Iteration
 from .sharding import MESH_AXES, cache_sharding, mesh_sizes, named_sharding, parse_mesh_shape
 
 GiB = 1024 ** 3
@@ -28,7 +29,8 @@ DEVICES: tuple[tuple[str, int], ...] = (  # memory per chip / GPU
     ("A100-80GB", 80 * GiB),
     ("H100-80GB", 80 * GiB),
 )
-LOOKAHEAD_TRAIN_DTYPE = np.dtype(np.float32)  # pass_jax.train.loop keeps the vectors in float32
+LOOKAHEAD_TRAIN_DTYPE = np.dtype(np.float32)  # pass_jax.train.loop keeps the look-ahead parameters in float32
+LOOKAHEAD_KINDS = ("vectors", "deep", "adapter")  # `lookahead.KINDS`, without importing it
 
 class PlanError(PassJaxError):
     """Settings that cannot be planned."""
@@ -100,16 +102,24 @@ def param_shards(config: LlamaConfig, mesh) -> dict[str, dict[str, Any]]:
     return out
 
 
-def cache_length(max_len: int, num_lookahead: int) -> int:
-    """The KV buffer decoding allocates for prompt + new tokens = max_len (`DecodeSpec.buffer_length`)
-    with the paper's drafting call of L+1 positions (1 for plain decoding)."""
-    from .decoding import buffer_length
-    return buffer_length(max_len, num_lookahead + 1 if num_lookahead else 1)
+def lookahead_count(config: LlamaConfig, num_lookahead: int, kind: str = "vectors", adapter_rank: int = 8) -> int:
+    """Look-ahead parameters of a kind (`lookahead.py`) with L steps, every step adapted: vectors
+    [L, D]; deep adds [layers, L, D]; adapter adds attention and MLP down/up per layer and the head's
+    ([.., L, D, r] and [.., L, r, D])."""
+    if kind not in LOOKAHEAD_KINDS:
+        raise PlanError(f"look-ahead kind must be one of {', '.join(LOOKAHEAD_KINDS)}, got {kind!r}")
+    d, layers = config.hidden_size, config.num_layers
+    count = num_lookahead * d
+    if kind != "vectors":
+        count += layers * num_lookahead * d
+    if kind == "adapter":
+        count += (4 * layers + 2) * num_lookahead * d * adapter_rank
+    return count
 
 
 # --- the estimate ----------------------------------------------------------------------------------
 
-def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, num_lookahead: int,
+def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, iteration: Iteration,
                      train: bool, anchors: int) -> tuple[int, dict[str, Any]]:
     """An ESTIMATE of the activation memory per device (XLA's real peak depends on its fusion
     and buffer reuse; on accelerators it is usually at or below this).
@@ -119,7 +129,8 @@ def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, num_lo
       generation (worst call: the prefill of T = max_len tokens against S cache slots):
         2 b T hidden dt (residual stream) + max(attention, MLP) of one layer
         attention = b T (q + 2 kv heads) head_dim dt + b heads T S (4 + dt) (f32 scores, probabilities)
-        MLP = 3 b T intermediate dt; plus logits b (L+1) vocab float32 (decode calls).
+        MLP = 3 b T intermediate dt; plus the float32 logits b P vocab of the decode call that
+        projects the most positions P (`Iteration.call_shapes`).
       training (one forward + backward of the many-anchor input, W = max_len + anchors * L):
         every layer's saved activations (residual, q/k/v, probabilities, 3 MLP tensors) for the
         backward pass, one layer's float32 scores, the bool [b, W, W] mask, and 3 copies of the
@@ -135,9 +146,9 @@ def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, num_lo
     vocab = tensor_split(c.vocab_size, "vocab")
     d, hd = c.hidden_size, c.head_dim
     if train:
-        t = s = max_len + anchors * num_lookahead
+        t = s = max_len + anchors * iteration.num_lookahead
     else:
-        t, s = max_len, cache_length(max_len, num_lookahead)
+        t, s = max_len, iteration.buffer_length(max_len)
     residual = 2 * b * t * d * dt
     qkv = b * t * (hq + 2 * hkv) * hd * dt
     scores = b * hq * t * s * 4
@@ -149,7 +160,7 @@ def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, num_lo
         total = saved + scores + b * t * s + logits
         parts = {"saved_for_backward": saved, "attention_scores": scores, "mask": b * t * s, "logits": logits}
     else:
-        logits = b * (num_lookahead + 1) * vocab * 4
+        logits = b * iteration.projected * vocab * 4
         layer = residual + max(qkv + scores + probs, mlp)
         total = layer + logits
         parts = {"one_layer": layer, "logits": logits}
@@ -170,25 +181,25 @@ def _fits(total: int) -> dict[str, dict[str, Any]]:
                    "fraction_of_usable": total / (memory * USABLE)} for name, memory in DEVICES}
 
 
-def _one(config: LlamaConfig, shape: dict[str, int], batch: int, max_len: int, num_lookahead: int,
-         train: bool, anchors: int, detail: bool) -> dict[str, Any]:
+def _one(config: LlamaConfig, shape: dict[str, int], batch: int, max_len: int, iteration: Iteration,
+         train: bool, anchors: int, kind: str, adapter_rank: int, detail: bool) -> dict[str, Any]:
     mesh = abstract_mesh(shape)
     shards = param_shards(config, mesh)
     params = sum(p["bytes"] for p in shards.values())
-    dim = config.hidden_size
+    count = lookahead_count(config, iteration.num_lookahead, kind, adapter_rank)
     if train:
         cache, length, cache_spec = 0, 0, None
-        lookahead = _nbytes((num_lookahead, dim), LOOKAHEAD_TRAIN_DTYPE)
-        optimizer = 3 * lookahead  # AdamW mu and nu, and the gradient, for the look-ahead vectors only
+        lookahead = _nbytes((count,), LOOKAHEAD_TRAIN_DTYPE)
+        optimizer = 3 * lookahead  # AdamW mu and nu, and the gradient, for the look-ahead parameters only
     else:
-        length = cache_length(max_len, num_lookahead)
+        length = iteration.buffer_length(max_len)
         sharding: NamedSharding = cache_sharding(config, mesh, batch, length)
         global_shape = (batch, length, config.num_kv_heads, config.head_dim)
         cache = 2 * config.num_layers * _nbytes(sharding.shard_shape(global_shape), config.dtype)
         cache_spec = str(sharding.spec)
-        lookahead = _nbytes((num_lookahead, dim), config.param_dtype)
+        lookahead = _nbytes((count,), config.param_dtype)
         optimizer = 0
-    activations, activation_detail = activation_bytes(config, mesh, batch, max_len, num_lookahead, train, anchors)
+    activations, activation_detail = activation_bytes(config, mesh, batch, max_len, iteration, train, anchors)
     total = params + cache + lookahead + optimizer + activations
     out = {
         "mesh": mesh_text(shape), "mesh_shape": dict(shape), "num_devices": math.prod(shape.values()),
@@ -203,27 +214,31 @@ def _one(config: LlamaConfig, shape: dict[str, int], batch: int, max_len: int, n
 
 
 def plan(config: LlamaConfig | str, mesh_shape_: str | Sequence[int] | dict | None, batch: int, max_len: int,
-         num_lookahead: int = 8, dtype: str | None = None, train: bool = False, anchors: int = 32,
-         num_devices: int | None = None, recommend: bool = True) -> dict[str, Any]:
+         iteration: Iteration = DEFAULT_ITERATION, dtype: str | None = None, train: bool = False, anchors: int = 32,
+         num_devices: int | None = None, recommend: bool = True, lookahead_kind: str = "vectors",
+         adapter_rank: int = 8) -> dict[str, Any]:
     """Per-device memory of generation (or, with train=True, look-ahead training) on a mesh.
 
     config: a LlamaConfig or a preset name; mesh_shape_: '2x4' (data x tensor), '2x2x2'
     (data x fsdp x tensor), a tuple or a dict, or None to plan the recommended mesh of
     `num_devices`; max_len: prompt + new tokens (generation) or the sequence length (training);
-    dtype: overrides the config's compute and parameter dtype. Returns bytes per device, the
+    iteration: the decode iteration (its widest call sizes the KV buffer; training uses its L);
+    lookahead_kind, adapter_rank: the look-ahead parameters counted; dtype: overrides the config's compute and parameter dtype. Returns bytes per device, the
     device table and the recommended mesh (see `plan_command.RULE_HELP`). Needs no devices.
     """
-    if batch < 1 or max_len < 1 or num_lookahead < 0 or anchors < 1:
-        raise PlanError("batch, max_len and anchors must be >= 1 and num_lookahead >= 0")
-    if train and num_lookahead < 1:
+    if batch < 1 or max_len < 1 or anchors < 1 or adapter_rank < 1:
+        raise PlanError("batch, max_len, anchors and adapter_rank must be >= 1")
+    if train and iteration.num_lookahead < 1:
         raise PlanError("training needs --num-lookahead >= 1")
+    if lookahead_kind not in LOOKAHEAD_KINDS:
+        raise PlanError(f"look-ahead kind must be one of {', '.join(LOOKAHEAD_KINDS)}, got {lookahead_kind!r}")
     config = _config(config, dtype)
     if mesh_shape_ is None and num_devices is None:
         raise PlanError("give a mesh (e.g. 2x4) or a device count")
     shape = mesh_shape(mesh_shape_) if mesh_shape_ is not None else None
     if shape is not None and num_devices is None:
         num_devices = math.prod(shape.values())
-    args = (batch, max_len, num_lookahead, train, anchors)
+    args = (batch, max_len, iteration, train, anchors, lookahead_kind, adapter_rank)
     recommended = recommend_mesh(config, num_devices, *args) if recommend or shape is None else None
     if shape is None:
         if recommended is None:
@@ -233,17 +248,19 @@ def plan(config: LlamaConfig | str, mesh_shape_: str | Sequence[int] | dict | No
     result.update(
         config={"num_params": config.num_params(), "dtype": config.dtype,
                 "param_dtype": config.param_dtype},
-        batch=batch, max_len=max_len, num_lookahead=num_lookahead, train=train,
+        batch=batch, max_len=max_len, num_lookahead=iteration.num_lookahead, iteration=iteration.to_json(),
+        lookahead_kind=lookahead_kind, train=train,
         anchors=anchors if train else None, usable_fraction=USABLE, recommended=recommended)
     return result
 
 
-def recommend_mesh(config: LlamaConfig, num_devices: int, batch: int, max_len: int, num_lookahead: int,
-                   train: bool, anchors: int) -> dict[str, Any] | None:
+def recommend_mesh(config: LlamaConfig, num_devices: int, batch: int, max_len: int, iteration: Iteration,
+                   train: bool, anchors: int, kind: str = "vectors", adapter_rank: int = 8) -> dict[str, Any] | None:
     """See `plan_command.RULE_HELP`. None when no factorisation fits even the largest device."""
     candidates = [s for s in factorisations(num_devices) if batch % (s["data"] * s["fsdp"]) == 0]
     candidates.sort(key=lambda s: (-s["data"], s["fsdp"]))
-    plans = [_one(config, s, batch, max_len, num_lookahead, train, anchors, detail=False) for s in candidates]
+    plans = [_one(config, s, batch, max_len, iteration, train, anchors, kind, adapter_rank, detail=False)
+             for s in candidates]
     for name, memory in sorted(DEVICES, key=lambda d: d[1]):
         for p in plans:
             if p["per_device"]["total"] <= memory * USABLE:
@@ -265,17 +282,17 @@ def human(n: float) -> str:
 def format_plan(p: dict[str, Any], name: str) -> str:
     dev = p["per_device"]
     shape = p["mesh_shape"]
-    mode = (f"training the look-ahead vectors (sequence {p['max_len']} + {p['anchors']} anchors x L)" if p["train"]
+    mode = (f"training the look-ahead parameters (sequence {p['max_len']} + {p['anchors']} anchors x L)" if p["train"]
             else f"generation (max-len {p['max_len']}, KV buffer {p['cache_length']})")
     cache_label = ("KV cache (not used in training)" if p["train"]
                    else f"KV cache ({p['batch']} x {p['cache_length']} slots)")
     rows = [("parameters (sharded)", dev["params"]), (cache_label, dev["kv_cache"]),
-            ("look-ahead vectors", dev["lookahead"]), ("optimizer (AdamW moments + grads)", dev["optimizer"]),
+            (f"look-ahead parameters ({p['lookahead_kind']})", dev["lookahead"]), ("optimizer (AdamW moments + grads)", dev["optimizer"]),
             ("activations (ESTIMATE)", dev["activations_estimate"]), ("total", dev["total"])]
     lines = [
         f"pass-jax plan: {name} ({p['config']['num_params'] / 1e9:.2f}B parameters, {p['config']['param_dtype']}), "
         f"mesh {p['mesh']} = data {shape['data']} x fsdp {shape['fsdp']} x tensor {shape['tensor']} "
-        f"({p['num_devices']} devices), batch {p['batch']}, L={p['num_lookahead']}, {mode}",
+        f"({p['num_devices']} devices), batch {p['batch']}, {p['iteration']['label']}, {mode}",
         "",
         f"{'per device':<40}{'bytes':>12}",
         *(f"  {label:<38}{human(value):>12}" for label, value in rows),

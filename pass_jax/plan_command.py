@@ -5,6 +5,9 @@ import argparse
 import json
 import math
 
+from .cli_args import add_iteration_args
+from .defaults import MODES
+
 RULE_HELP = """\
 The recommended mesh: among all factorisations of the device count into data x fsdp x tensor
 whose data-parallel part (data x fsdp) divides the batch, the one with the most data
@@ -15,7 +18,11 @@ any factorisation fits (TPU v5e first: 90% of 16 GiB). Parameter and KV-cache by
 
 
 def cmd_plan(args) -> int:
+    from .cli_args import iteration_from_args
     from .plan import PlanError, format_plan, mesh_shape, plan
+
+    # as `generate` reads the same options; -L 0 still means plain decoding here, as it did before --mode
+    iteration = iteration_from_args(args, "ar" if args.num_lookahead == "0" else args.mode)
 
     if args.mesh is None and args.devices is None:
         raise PlanError("give --mesh (e.g. 2x4) or --devices N")
@@ -23,8 +30,9 @@ def cmd_plan(args) -> int:
         count = math.prod(mesh_shape(args.mesh).values())
         if count != args.devices:
             raise PlanError(f"--mesh {args.mesh} has {count} devices but --devices is {args.devices}")
-    result = plan(args.config, args.mesh, args.batch, args.max_len, num_lookahead=args.num_lookahead,
-                  dtype=args.dtype, train=args.train, anchors=args.anchors, num_devices=args.devices)
+    result = plan(args.config, args.mesh, args.batch, args.max_len, iteration=iteration, dtype=args.dtype,
+                  train=args.train, anchors=args.anchors, num_devices=args.devices,
+                  lookahead_kind=args.lookahead_kind, adapter_rank=args.adapter_rank)
     if args.json:
         result = {k: v for k, v in result.items() if k != "param_shards"}
         print(json.dumps(result, indent=1))
@@ -50,8 +58,12 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, required=True, help="global batch (rows)")
     parser.add_argument("--max-len", type=int, required=True,
                         help="prompt + new tokens (generation) or the training sequence length (--train)")
-    parser.add_argument("--num-lookahead", "-L", type=int, default=8, help="look-ahead steps L (default 8; 0: plain "
-                        "decoding)")
+    parser.add_argument("--mode", choices=MODES, default="pass", help="pass (default) or ar: plain decoding")
+    add_iteration_args(parser)
+    parser.add_argument("--lookahead-kind", choices=("vectors", "deep", "adapter"), default="vectors",
+                        help="the look-ahead parameters counted (default vectors; adapter: every step adapted)")
+    parser.add_argument("--adapter-rank", type=int, default=8, help="adapter rank for --lookahead-kind adapter "
+                        "(default 8)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),
                         help="parameter and compute dtype (default bfloat16)")
     parser.add_argument("--train", action="store_true", help="plan look-ahead training instead of generation")

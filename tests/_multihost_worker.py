@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from pass_jax.config import load_preset  # noqa: E402
 from pass_jax.decoding import DecodeSpec, decode_jit  # noqa: E402
+from pass_jax.iteration import Iteration  # noqa: E402
 from pass_jax.generate import Generator  # noqa: E402
 from pass_jax.loading import LoadedModel  # noqa: E402
 from pass_jax.lookahead import init_random  # noqa: E402
@@ -75,7 +76,7 @@ train_tokens = rng.integers(0, config.vocab_size, size=(BATCH, SEQ)).astype(np.i
 rows = process_local_batch(BATCH, mesh)
 
 # (a) generation
-spec = DecodeSpec(config, mode="pass", num_lookahead=L, max_new_tokens=NEW, sampling=GREEDY, eos_ids=(), mesh=mesh)
+spec = DecodeSpec(config, Iteration.chain(L, calls=2), max_new_tokens=NEW, sampling=GREEDY, eos_ids=(), mesh=mesh)
 lookahead = replicate(init_random(config, L, jax.random.key(1)), mesh)
 key = replicate(jax.random.key(0), mesh)
 state = decode_jit(params, lookahead, global_array_from_local(prompts[rows], mesh),

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from _chain_lm import chain_corpus, train_chain_lm  # noqa: E402
 from pass_jax.config import load_preset  # noqa: E402
 from pass_jax.decoding import DecodeSpec, decode_jit  # noqa: E402
+from pass_jax.iteration import Iteration  # noqa: E402
 from pass_jax.model import causal_mask, forward, init_params  # noqa: E402
 from pass_jax.sampling import GREEDY  # noqa: E402
 from pass_jax.sharding import batch_sharding, cache_sharding, make_mesh, shard_params  # noqa: E402
@@ -44,8 +45,8 @@ PASS_MESH = "2x4"  # tensor and data axes both split; one mesh only, as each sha
 
 
 def pass_spec(variant, mesh=None):
-    return DecodeSpec(PASS_CONFIG, mode="pass", max_new_tokens=PASS_NEW, sampling=GREEDY, eos_ids=(), mesh=mesh,
-                      **PASS_VARIANTS[variant])
+    return DecodeSpec(PASS_CONFIG, Iteration.from_options("pass", **PASS_VARIANTS[variant]), max_new_tokens=PASS_NEW,
+                      sampling=GREEDY, eos_ids=(), mesh=mesh)
 
 
 def spec_text(sharding) -> str:
@@ -59,7 +60,7 @@ def run_pass(mesh, place, chain, pass_reference):
     hists = {}
     for variant, (ref_tokens, ref_lengths) in pass_reference.items():
         spec = pass_spec(variant, mesh)
-        state = decode_jit(sharded, vectors[:spec.num_lookahead], place(tokens), place(prompt_lengths),
+        state = decode_jit(sharded, vectors[:spec.iteration.num_lookahead], place(tokens), place(prompt_lengths),
                            jax.random.key(0), spec)
         np.testing.assert_array_equal(np.asarray(state.lengths), ref_lengths)
         np.testing.assert_array_equal(np.asarray(state.tokens), ref_tokens)
@@ -95,7 +96,7 @@ def run_mesh(name, params, inputs, reference, chain, pass_reference):
     facts["logits_max_diff"] = float(np.abs(np.asarray(logits) - ref_logits).max())
     np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=TOL, rtol=0)
 
-    spec = DecodeSpec(CONFIG, mode="ar", max_new_tokens=NEW, sampling=GREEDY, eos_ids=(), mesh=mesh)
+    spec = DecodeSpec(CONFIG, Iteration.AR, max_new_tokens=NEW, sampling=GREEDY, eos_ids=(), mesh=mesh)
     c_sharding = cache_sharding(CONFIG, mesh, BATCH, spec.buffer_length(WIDTH))  # what prefill should ask for
     prompt = place(tokens)
     facts["prompt_spec"] = spec_text(prompt.sharding)
@@ -125,7 +126,7 @@ def main(meshes):
     mask = np.asarray(causal_mask(jnp.zeros((BATCH,), jnp.int32), WIDTH, WIDTH))
     # the single-device reference
     ref_logits = np.asarray(forward_jit(params, CONFIG, tokens, positions, mask)[0])
-    ref_spec = DecodeSpec(CONFIG, mode="ar", max_new_tokens=NEW, sampling=GREEDY, eos_ids=())
+    ref_spec = DecodeSpec(CONFIG, Iteration.AR, max_new_tokens=NEW, sampling=GREEDY, eos_ids=())
     ref_state = decode_jit(params, None, tokens, prompt_lengths, jax.random.key(0), ref_spec)
     reference = (ref_logits, np.asarray(ref_state.tokens), np.asarray(ref_state.lengths))
     assert (reference[2] == prompt_lengths + NEW).all()

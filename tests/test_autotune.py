@@ -3,7 +3,7 @@ import jax
 import pytest
 
 from pass_jax import autotune
-from pass_jax.autotune import Setting
+from pass_jax.iteration import Iteration
 
 ACCEPTANCE = {"1": [0.5, 0.4, 0.3, 0.2], "2": [0.7, 0.5, 0.4, 0.3], "3": [0.8, 0.6, 0.5, 0.4]}
 
@@ -19,14 +19,14 @@ def test_expected_accepted_is_the_sum_of_reach_probabilities():
     # an error where it can be reached (this crashed `bench --temperature 0 -L auto` on the shipped vectors)
     unreached = {"1": [0.25, 0.0, None, None], "2": [0.5, None]}
     assert autotune.expected_accepted(unreached, (1, 1, 1, 1)) == pytest.approx(0.25)
-    assert autotune.predictable(Setting(1, (1,) * 4), unreached)
+    assert autotune.predictable(Iteration(1, (1,) * 4), unreached)
     with pytest.raises(autotune.AutotuneError, match="2 candidates at depth 2"):
         autotune.expected_accepted(unreached, (2, 2))
-    assert not autotune.predictable(Setting(2, (2, 2)), unreached)
+    assert not autotune.predictable(Iteration(2, (2, 2)), unreached)
 
 
 def test_call_shapes_and_prediction():
-    two, one = Setting(2, (3, 1)), Setting(1, (3, 1))
+    two, one = Iteration(2, (3, 1)), Iteration(1, (3, 1))
     assert two.call_shapes() == [(3, 3), (7, 7)]  # drafting [x_n, LA_1, LA_2]; root + 3 + 3 nodes
     assert one.call_shapes() == [(21, 9)]  # 7 nodes x (1 + 2 look-ahead slots); 7 nodes + one group projected
     equal = {shape: 1.0 for shape in two.call_shapes() + one.call_shapes()}
@@ -41,13 +41,15 @@ def test_call_shapes_and_prediction():
 
 
 def test_settings_without_acceptance_are_left_out_and_none_is_an_error():
-    rows = autotune.choose(autotune.candidate_settings(8), ACCEPTANCE,
-                           {s: 1.0 for st in autotune.candidate_settings(8) for s in st.call_shapes()})
+    rows = autotune.choose(autotune.candidate_iterations(8), ACCEPTANCE,
+                           {s: 1.0 for it in autotune.candidate_iterations(8) for s in it.call_shapes()})
     assert rows and all(setting.num_lookahead <= 4 and max(setting.draft_tree) <= 3 for setting, _ in rows)
     ratios = [prediction["ratio_vs_ar"] for _, prediction in rows]
     assert ratios == sorted(ratios, reverse=True)
+    from pass_jax.lookahead import Resolved
+    from pass_jax.sampling import PAPER
     with pytest.raises(autotune.AutotuneError, match="acceptance"):
-        autotune.autotune(None, {}, greedy=False)
+        autotune.pick(None, Resolved(None, "given", {}), PAPER)
 
 
 def test_measure_call_costs_times_every_shape(tiny):
@@ -75,13 +77,11 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
     timed, prompts_seen = [], []  # the loop timer's ratio against ar (a stand-in for the timer), its prompts
     monkeypatch.setattr(autotune, "timed_ratio",
                         lambda *args, prompt_ids=None, **kwargs: prompts_seen.append(prompt_ids) or timed[0])
-    from pass_jax import generate
-    reads = []  # the look-ahead file is read once per command, also when auto picks PaSS
-    real_resolve = generate.resolve_lookahead
-    monkeypatch.setattr(generate, "resolve_lookahead", lambda *args, **kwargs: reads.append(1) or real_resolve(
-        *args, **kwargs))
-    cases = ((0.99, 1.5, "x ar from the timed decode loops"), (0.99, 0.9, "the timed decode loops put"),
-             (0.0, 1.5, "no PaSS setting is predicted to beat"))
+    reads = []  # the look-ahead file is read once per command, whatever auto picks
+    real_read = lookahead.read
+    monkeypatch.setattr(lookahead, "read", lambda *args, **kwargs: reads.append(1) or real_read(*args, **kwargs))
+    cases = ((0.99, 1.5, "x ar from the timed decode loops; "), (0.99, 0.9, "x ar from the timed decode loops; ar"),
+             (0.0, 1.5, "no PaSS iteration is predicted to beat"))
     for rates, ratio, expect in cases:
         timed[:], reads[:] = [ratio], []
         acceptance = {str(k): [rates, rates] for k in (1, 2, 3, 4)}
@@ -89,9 +89,11 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
         lookahead.save(path, vectors, {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
         code = main(["generate", "--model", str(hf_dir), "--lookahead", str(path), "-L", "auto", "--prompt", "the fox",
                      "--max-new-tokens", "4", "--json"])
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert code == 0 and expect in err, err
-        assert len(reads) == (1 if rates else 0), reads
+        assert len(reads) == 1, reads
+        mode = json.loads(out.splitlines()[-1])["summary"]["mode"]  # what it decoded with
+        assert mode == ("pass" if ratio > 1 and rates else "ar"), (mode, err)
     # the loop check decodes the user's own prompt (here raw: the tiny model has no chat template)
     from pass_jax.loading import load_model
     assert prompts_seen and prompts_seen[0] == list(load_model(str(hf_dir)).tokenizer("the fox")["input_ids"])
@@ -104,7 +106,7 @@ def test_timed_ratio_runs_the_real_loops(make_hf_llama, tmp_path):
 
     model = load_model(str(make_hf_llama(tmp_path / "llama")[0]))
     vectors = jax.random.normal(jax.random.key(0), (2, model.config.hidden_size)) * 0.02
-    for setting in (Setting(2, (1,)), Setting(1, (2, 1))):
-        ratio = autotune.timed_ratio(model, setting, vectors[:setting.num_lookahead], SamplingConfig(),
+    for iteration in (Iteration(2, (1,)), Iteration(1, (2, 1))):
+        ratio = autotune.timed_ratio(model, iteration, vectors[:iteration.num_lookahead], SamplingConfig(),
                                      new_tokens=16, rounds=2, prompt_ids=[5, 9, 2, 7])
         assert 0 < ratio < float("inf")

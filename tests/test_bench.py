@@ -162,7 +162,7 @@ def test_roofline_relates_ar_step_to_bandwidth(report, tiny_model):
 def test_call_costs_predict_pass_from_its_acceptance(report):
     """Every call shape is timed; each PaSS row's prediction is its tokens per iteration over the
     iteration's cost in ar steps."""
-    from pass_jax.autotune import Setting
+    from pass_jax.iteration import Iteration
 
     costs = report["call_costs"]
     # ar; two calls: [x_n, LA..] and the tree (widths 4, and 3 + 5 for tree 2,1: 1 + 2 + 2 nodes);
@@ -171,7 +171,7 @@ def test_call_costs_predict_pass_from_its_acceptance(report):
     assert all(ms > 0 for ms in costs["ms"].values()) and costs["relative"]["1"] == pytest.approx(1.0)
     for row in report["runs"]:
         if row["method"] == PASS:
-            shapes = Setting(row["calls"], tuple(row["draft_tree"])).call_shapes()
+            shapes = Iteration(row["calls"], tuple(row["draft_tree"])).call_shapes()
             cost = sum(costs["relative"][bench.cost_key(shape)] for shape in shapes)
             assert row["predicted_ratio_vs_ar"] == pytest.approx(row["tokens_per_call"] * row["calls"] / cost)
             assert row["predicted_ratio_equal_call_cost"] == row["tokens_per_call"]
@@ -197,5 +197,5 @@ def test_auto_row_is_the_best_predicted_setting(tiny_model, tmp_path):
     assert len(auto) == 1 and auto[0]["setting"].endswith("(auto)")
     relative = {tuple(int(x) for x in k.split("/")) if "/" in k else (int(k), int(k)): v
                 for k, v in report["call_costs"]["relative"].items()}
-    best = autotune.choose(autotune.candidate_settings(autotune.MAX_AUTO_L), acceptance, relative)[0][0]
+    best = autotune.choose(autotune.candidate_iterations(), acceptance, relative)[0][0]
     assert (auto[0]["calls"], tuple(auto[0]["draft_tree"])) == (best.calls, best.draft_tree)

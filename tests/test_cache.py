@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pass_jax.model import causal_mask, forward, init_cache
+from pass_jax.model import LookaheadInputs, causal_mask, forward, init_cache
 
 TOL = 1e-5
 forward_jit = jax.jit(forward, static_argnums=1)
@@ -128,9 +128,9 @@ def test_input_embeds_equal_to_token_embedding_change_nothing(tiny):
     replaced = jnp.asarray([[False, True, False, True, True, False]])
     plain, _ = forward_jit(params, config, tokens, jnp.arange(6)[None], mask)
     same, _ = forward_jit(params, config, tokens, jnp.arange(6)[None], mask,
-                          input_embeds=embeds, embeds_mask=replaced)
+                          lookahead=LookaheadInputs(mask=replaced, embeds=embeds))
     other, _ = forward_jit(params, config, tokens, jnp.arange(6)[None], mask,
-                           input_embeds=embeds * 3.0, embeds_mask=replaced)
+                           lookahead=LookaheadInputs(mask=replaced, embeds=embeds * 3.0))
     np.testing.assert_allclose(np.asarray(same), np.asarray(plain), atol=TOL)
     diff = np.abs(np.asarray(other) - np.asarray(plain)).max(axis=-1)[0]
     assert diff[0] < TOL and diff[1] > 100 * TOL  # positions before the first replacement are unchanged

@@ -61,7 +61,7 @@ CASES = [
     ("lookahead dir not Orbax", GEN + ["--lookahead", "{bad}/notorbax"], "not a look-ahead Orbax checkpoint", False),
     ("lookahead missing", GEN + ["--lookahead", "{bad}/missing.npz"], "not found", False),
     ("shipped vectors, other model", GEN + ["--model", "{bad}/tiny_hf", "--lookahead", "text"],
-     "shipped vectors exist only for the bundled", True),
+     "shipped look-ahead parameters exist only for the bundled", True),
     ("batch-size 0", GEN + ["--batch-size", "0"], "--batch-size must be >= 1", False),
     ("-L 100", GEN + ["-L", "100"], "hold 8 look-ahead steps; 100 were asked for", True),
     ("top-p 0", GEN + ["--top-p", "0"], "top-p must be in (0, 1]", False),

@@ -14,6 +14,7 @@ from pass_jax import lookahead as lookahead_lib
 from pass_jax import sampling as sampling_lib
 from pass_jax.config import load_preset
 from pass_jax.decoding import DecodeSpec, decode_jit
+from pass_jax.iteration import Iteration
 from pass_jax.draft_tree import DraftTree
 from pass_jax.generate import Generator, bucket_width
 from pass_jax.loading import LoadedModel
@@ -46,20 +47,44 @@ def chain_lm():
     return config, params, vectors
 
 
+class _ByteTokenizer:
+    eos_token_id = None
+
+
+_GENERATORS = {}  # one Generator (and compilation) per setting, as a user's process keeps it
+
+
+def _generator(config, params, lookahead, iteration, max_new, sampling, eos):
+    """The `Generator` of these settings: the path `pass-jax generate` ships (prefill, then the loop in chunks)."""
+    la_key = None if lookahead is None else hash(np.asarray(jax.device_get(lookahead)).tobytes())
+    key = (id(params), config, la_key, iteration, max_new, sampling, tuple(eos))
+    if key not in _GENERATORS:
+        model = LoadedModel(config, params, _ByteTokenizer(), "test")
+        _GENERATORS[key] = Generator(model, iteration, lookahead=lookahead, max_new_tokens=max_new,
+                                     sampling=sampling, stop_ids=eos)
+    return _GENERATORS[key]
+
+
 def run(config, params, lookahead, prompts, mode, num_lookahead, max_new, sampling=GREEDY, seed=0, eos=(),
         **variant):
+    """Decode `prompts` as `Generator.generate_ids` does: (new tokens per row, the statistics)."""
+    iteration = Iteration.from_options(mode, num_lookahead, **variant)
+    generator = _generator(config, params, lookahead, iteration, max_new, sampling, eos)
+    state, _ = generator.generate_ids(prompts, seed=seed)
+    out = [np.asarray(state.tokens[r, len(p):int(state.lengths[r])]) for r, p in enumerate(prompts)]
+    return out, jax.device_get(state.stats)
+
+
+def run_one_shot(config, params, lookahead, prompts, iteration, max_new, sampling, seed, eos=()):
+    """`decoding.decode_jit`: the same loop as `run`, in one piece: the final state on host."""
     width = bucket_width(max(len(p) for p in prompts), config.max_seq_len)
     tokens = np.zeros((len(prompts), width), np.int32)
     for row, p in enumerate(prompts):
         tokens[row, :len(p)] = p
     lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
-    if lookahead is None:  # autoregressive: the loop never reads it
-        lookahead = jnp.zeros((1, config.hidden_size))
-    spec = DecodeSpec(config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new,
-                      sampling=sampling, eos_ids=eos, **variant)
+    spec = DecodeSpec(config, iteration, max_new_tokens=max_new, sampling=sampling, eos_ids=tuple(sorted(eos)))
     state = decode_jit(params, lookahead, jnp.asarray(tokens), lengths, jax.random.key(seed), spec=spec)
-    out = [np.asarray(state.tokens[r, len(p):int(state.lengths[r])]) for r, p in enumerate(prompts)]
-    return out, jax.device_get(state.stats)
+    return jax.device_get(state._replace(cache=None, key=None))
 
 
 PROMPTS = [[5, 17, 3], [9, 1, 44, 2, 7, 100, 12], list(range(20, 40))]
@@ -187,7 +212,7 @@ def test_greedy_pass_equals_ar_smollm2(smollm2, variant):
     prompts = ["The capital of France is", "def fibonacci(n):\n    ", "In 1905, Albert Einstein published"]
     ids = [list(smollm2.tokenizer(p)["input_ids"]) for p in prompts]
     num_l = len(VARIANTS[variant].get("draft_tree", (1,) * 4))
-    la = lookahead_lib.resolve("text", smollm2.params, smollm2.config, num_l, smollm2.identity)[0]
+    la = lookahead_lib.resolve("text", smollm2.params, smollm2.config, smollm2.identity).prepare(smollm2.config, num_l)
     ar, _ = run(smollm2.config, smollm2.params, None, ids, "ar", 1, 24)
     pss, stats = run(smollm2.config, smollm2.params, la, ids, "pass", num_l, 24, **VARIANTS[variant])
     for a, b in zip(ar, pss):
@@ -333,6 +358,49 @@ def test_sampled_pass_matches_exact_law(chain_lm, chain_law, variant):
         assert (hist.sum(1) >= 2).all() and hist[:, SAMPLED_L].sum() >= 0.2 * len(hist), hist.sum(0)
 
 
+@pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
+def test_chunked_streamed_run_equals_the_one_shot_run_sampled(chain_lm, monkeypatch, variant):
+    """`Generator` runs the loop in chunks (here one iteration each, streamed to `on_chunk`); under
+    sampling its tokens, lengths and statistics equal `decode` run in one piece with the same seed."""
+    from pass_jax import generate as generate_lib
+
+    config, params, vectors = chain_lm
+    mode, settings = ("ar", {}) if variant == "ar" else ("pass", VARIANTS[variant])
+    iteration = Iteration.from_options(mode, SAMPLED_L, **settings)
+    lookahead = vectors[:SAMPLED_L] if mode == "pass" else None
+    prompts = [CHAIN_PROMPT, [4, 5], [0, 1, 2, 3, 4, 5, 6]] * 4
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)  # one loop iteration per chunk
+    generator = Generator(LoadedModel(config, params, _ByteTokenizer(), "test"), iteration, lookahead=lookahead,
+                          max_new_tokens=20, sampling=SAMPLED, stop_ids=(0,))
+    reads = []
+    chunked, _ = generator.generate_ids(prompts, seed=5, on_chunk=lambda tokens, lengths: reads.append(lengths))
+    one_shot = run_one_shot(config, params, generator.lookahead, prompts, iteration, 20, SAMPLED, seed=5, eos=(0,))
+    assert len(reads) > 3  # it really ran in chunks
+    np.testing.assert_array_equal(chunked.lengths, one_shot.lengths)
+    for row in range(len(prompts)):
+        end = int(one_shot.lengths[row])
+        np.testing.assert_array_equal(chunked.tokens[row, :end], one_shot.tokens[row, :end])
+    jax.tree.map(np.testing.assert_array_equal, chunked.stats, one_shot.stats)
+    assert len({tuple(chunked.tokens[r, :int(chunked.lengths[r])]) for r in range(0, 12, 3)}) > 1  # sampled
+
+
+def test_every_output_mode_runs_the_loop_in_bounded_chunks(tiny_lm, monkeypatch):
+    """Without a stream (--no-stream, --json, batches) the loop still returns to Python between chunks,
+    where a Ctrl-C is taken: the decode of 40 tokens is many `decode_steps` calls, not one."""
+    from pass_jax import generate as generate_lib
+
+    config, params = tiny_lm
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)  # one loop iteration per chunk
+    generator = Generator(LoadedModel(config, params, _ByteTokenizer(), "test"), Iteration.AR, max_new_tokens=40)
+    prompts = [[5, 17, 3], [9, 1, 44]]
+    generator.generate_ids(prompts)  # compile
+    (key, (prefill, steps)), = generator._compiled.items()
+    calls = []
+    generator._compiled[key] = (prefill, lambda *args: calls.append(args[-1]) or steps(*args))
+    state, _ = generator.generate_ids(prompts)
+    assert (state.stats.new_tokens == 40).all() and len(calls) == 39 and all(int(n) == 1 for n in calls)
+
+
 def _verify_with(wrap):
     """A lossy `decoding.verify`: wrap(verify's result, its arguments) -> the result."""
     real = decoding.verify
@@ -386,11 +454,13 @@ def test_sampled_test_rejects_lossy_rules(chain_lm, chain_law, monkeypatch, vari
     tree = DraftTree(VARIANTS[variant].get("draft_tree", (1,) * SAMPLED_L))
     LOSSY_RULES[rule][0](monkeypatch, tree)
     jax.clear_caches()
+    _GENERATORS.clear()  # compile the lossy rule in
     try:
         stat, df, hist = sampled_chi_square(chain_lm, chain_law, variant)
     finally:
         monkeypatch.undo()
         jax.clear_caches()
+        _GENERATORS.clear()
     print(variant, rule, f"chi2 {stat:.1f} df {df}")
     assert stat > chi_square_threshold(df), (stat, df)
 
@@ -475,10 +545,6 @@ def test_verify_commits_p_and_accepts_at_the_exact_rate(monkeypatch, branching, 
 
 
 # --- recompilation ------------------------------------------------------------------------------
-
-class _ByteTokenizer:
-    eos_token_id = None
-
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_prompts_in_one_bucket_compile_once(tiny_lm, variant):

@@ -38,7 +38,7 @@ def brute_force(config, params, lookahead, tokens, anchors, max_k):
     def logits_of(ids, steps):  # one plain causal forward of a padded sequence
         logits, _ = forward(params, config, ids[None], jnp.arange(WIDTH)[None],
                             jnp.tril(jnp.ones((WIDTH, WIDTH), bool))[None],
-                            **lookahead_lib.forward_inputs(lookahead, steps[None]))
+                            lookahead=lookahead_lib.forward_inputs(lookahead, steps[None]))
         return logits[0]
 
     def padded(seq, steps=()):

@@ -14,6 +14,7 @@ import pytest
 from pass_jax import decoding
 from pass_jax import lookahead as lookahead_lib
 from pass_jax.decoding import DecodeSpec
+from pass_jax.iteration import Iteration
 from pass_jax.generate import GenerationError, Generator
 from pass_jax.loading import DEFAULT_MODEL, LoadedModel, load_model, save_converted
 from pass_jax.sampling import GREEDY, PAPER
@@ -36,7 +37,7 @@ class WordTokenizer:
 def test_nan_in_stale_cache_slots_changes_no_token(tiny, monkeypatch, mode, sampling):
     """Masked slots get probability 0, and 0 * NaN = NaN: the attention must not multiply them in."""
     config, params = tiny
-    spec = DecodeSpec(config, mode=mode, num_lookahead=3, max_new_tokens=12, sampling=sampling)
+    spec = DecodeSpec(config, Iteration.from_options(mode, 3, calls=2), max_new_tokens=12, sampling=sampling)
     prompts = jnp.asarray([[5, 6, 7, 8, 0, 0, 0, 0], [9, 10, 11, 12, 13, 14, 15, 16]], jnp.int32)
     lengths = jnp.asarray([4, 8], jnp.int32)
     lookahead = lookahead_lib.init_random(config, 3, jax.random.key(1))
@@ -73,8 +74,8 @@ def test_non_finite_lookahead_is_never_saved(tmp_path):
 def test_context_error_states_the_real_limit(tiny):
     config, params = tiny
     model = LoadedModel(config.replace(max_seq_len=64), params, WordTokenizer(), "tiny")
-    generator = Generator(model, mode="pass", num_lookahead=3, max_new_tokens=20)
-    margin = generator.spec.width + 1  # the drafting call [x_n, LA_1..LA_3]: width 4
+    generator = Generator(model, mode="pass", num_lookahead=3, calls=2, max_new_tokens=20)
+    margin = generator.iteration.width + 1  # the drafting call [x_n, LA_1..LA_3]: width 4
     room = 64 - 20 - margin
     assert len(generator.encode("w " * room)) == room  # the stated room fits exactly
     with pytest.raises(GenerationError) as error:
@@ -91,7 +92,7 @@ def test_direct_callers_get_the_context_check(tiny):
     config, params = tiny
     model = LoadedModel(config.replace(max_seq_len=64), params, WordTokenizer(), "tiny")
     generator = Generator(model, mode="ar", max_new_tokens=20)
-    room = 64 - 20 - generator.spec.overshoot
+    room = 64 - 20 - generator.iteration.overshoot
     with pytest.raises(GenerationError, match=f"prompt of {room + 1} tokens .* exceeds the model's context of 64"):
         generator.generate_ids([[5] * 3, [5] * (room + 1)])
     tokens = np.full((1, room + 1), 5, np.int32)

@@ -7,6 +7,7 @@ import pytest
 from pass_jax import humaneval as he
 from pass_jax import loading
 from pass_jax.cli import main
+from pass_jax.iteration import Iteration
 
 TIMEOUT = 30.0  # generous: a loaded 2-core machine can take seconds to start an interpreter
 
@@ -101,7 +102,7 @@ def test_statistics():
 
 def test_cli_end_to_end_with_stub_generation(tmp_path, monkeypatch, capsys):
     """Everything but the model: pass gets canonical solutions, ar wrong ones."""
-    def fake_sample(model, problems, mode, settings, progress=False):
+    def fake_sample(model, problems, mode, settings, progress=False, found=None):
         body = (lambda p: p["canonical_solution"]) if mode == "pass" else (lambda p: "    return None\n# done")
         summary = {"tokens_per_s": 1.0, "tokens_per_call": 1.0}
         return [[body(p)] * settings.num_samples for p in problems], summary
@@ -110,9 +111,10 @@ def test_cli_end_to_end_with_stub_generation(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loading, "load_model", lambda name: object())
     out = tmp_path / "humaneval.json"
     assert main(["eval", "humaneval", "--limit", "3", "--num-samples", "2", "--k", "1,2", "--timeout", str(TIMEOUT),
-                 "--json", str(out)]) == 0
+                 "--calls", "2", "--draft-tree", "3,1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["problems"] == 3 and report["settings"]["ks"] == [1, 2]
+    assert report["settings"]["iteration"] == {"calls": 2, "draft_tree": [3, 1]}  # the iteration, as generate reads it
     assert report["modes"]["pass"]["pass_at_k"]["1"]["estimate"] == 1.0
     assert report["modes"]["ar"]["pass_at_k"]["2"]["estimate"] == 0.0
     assert report["comparison"]["pass_at_1_difference"] == 1.0 and report["comparison"]["problems_b_better"] == 3
@@ -128,6 +130,7 @@ def test_cli_end_to_end_with_stub_generation(tmp_path, monkeypatch, capsys):
     (["--limit", "0"], "--limit must be >= 1"),
     (["--problems", "missing.jsonl"], "not found"),
     (["--num-lookahead", "0"], "at least one look-ahead step"),
+    (["--draft-tree", "2,2", "-L", "3"], "has 2 depths but --num-lookahead is 3"),
 ])
 def test_bad_input_is_one_line_error(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
@@ -141,11 +144,12 @@ def test_sample_completions_with_a_tiny_model(make_hf_llama, tmp_path):
     from pass_jax.loading import load_model
 
     path, _ = make_hf_llama(tmp_path / "llama")
-    settings = he.EvalSettings(modes=("pass",), num_lookahead=1, lookahead="none", num_samples=2,
+    settings = he.EvalSettings(modes=("pass",), iteration=Iteration.chain(1), lookahead="none", num_samples=2,
                                max_new_tokens=4, batch_size=2)
     short = [{"task_id": f"toy/{i}", "prompt": f"def the_fox_{i}(tensor):\n", "test": "", "entry_point": "f"}
              for i in range(2)]  # short prompts: the tiny model has a 256-token context
     completions, summary = he.sample_completions(load_model(path), short, "pass", settings)
+    assert summary["iteration"] == "L=1, 1 call"
     assert len(completions) == 2 and all(len(texts) == 2 for texts in completions)
     assert all(isinstance(text, str) for texts in completions for text in texts)
     assert summary["new_tokens"] > 0 and summary["lookahead_source"].startswith("untrained")

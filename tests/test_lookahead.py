@@ -11,6 +11,7 @@ import pytest
 
 from pass_jax import lookahead as lookahead_lib
 from pass_jax.decoding import DecodeSpec, decode_jit
+from pass_jax.iteration import Iteration
 from pass_jax.model import forward
 from pass_jax.sampling import GREEDY
 
@@ -39,7 +40,7 @@ def test_real_tokens_see_exactly_the_base_model(tiny, kind):
     call = jax.jit(forward, static_argnums=1)
     base, _ = call(params, config, ids, positions, mask)
     with_la, _ = call(params, config, ids, positions, mask,
-                      **lookahead_lib.forward_inputs(parameters(kind, config, params), steps))
+                      lookahead=lookahead_lib.forward_inputs(parameters(kind, config, params), steps))
     np.testing.assert_array_equal(np.asarray(with_la[:, :12]), np.asarray(base[:, :12]))
     assert float(jnp.abs(with_la[:, 12:] - base[:, 12:]).min()) > 0
 
@@ -52,8 +53,8 @@ def test_deep_with_zero_layers_is_the_paper_vectors(tiny):
     steps = jnp.array([[0, 1, 2, 3]])
     ids, positions = jnp.array([[3, 0, 0, 0]]), jnp.arange(4)[None]
     mask = jnp.tril(jnp.ones((4, 4), bool))[None]
-    a, _ = forward(params, config, ids, positions, mask, **lookahead_lib.forward_inputs(vectors, steps))
-    b, _ = forward(params, config, ids, positions, mask, **lookahead_lib.forward_inputs(deep, steps))
+    a, _ = forward(params, config, ids, positions, mask, lookahead=lookahead_lib.forward_inputs(vectors, steps))
+    b, _ = forward(params, config, ids, positions, mask, lookahead=lookahead_lib.forward_inputs(deep, steps))
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(lookahead_lib.as_kind(deep, "vectors", config.num_layers), vectors)
     deep["layers"] = deep["layers"].at[0, 0, 0].set(1.0)
@@ -69,7 +70,7 @@ def test_greedy_pass_with_deep_parameters_equals_ar(tiny, variant, kind):
     lengths = jnp.array([5, 8], jnp.int32)
 
     def decode(mode, lookahead):
-        spec = DecodeSpec(config, mode=mode, num_lookahead=L, max_new_tokens=32, sampling=GREEDY, **variant)
+        spec = DecodeSpec(config, Iteration.from_options(mode, L, **variant), max_new_tokens=32, sampling=GREEDY)
         state = decode_jit(params, lookahead, jnp.asarray(prompts), lengths, jax.random.key(0), spec=spec)
         return np.asarray(state.tokens), jax.device_get(state.stats)
 
@@ -99,7 +100,7 @@ def test_adapters_are_lossless_at_zero_and_reach_only_their_steps(tiny):
     ids, positions = jnp.array([[3, 9, 0, 0]]), jnp.array([[0, 1, 2, 2]])
     steps = jnp.array([[0, 0, 1, 2]])
     mask = jnp.array([[[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]], bool)  # step 2 does not see step 1
-    run = lambda la: forward(params, config, ids, positions, mask, **lookahead_lib.forward_inputs(la, steps))[0]  # noqa: E731
+    run = lambda la: forward(params, config, ids, positions, mask, lookahead=lookahead_lib.forward_inputs(la, steps))[0]  # noqa: E731
     np.testing.assert_allclose(run(adapter), run(deep), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(lookahead_lib.as_kind(adapter, "deep", config.num_layers)["layers"], deep["layers"])
     trained = {**adapter, **{name: adapter[name] + 0.3 for name in lookahead_lib.ADAPTER_LEAVES if name.endswith("_up")}}
@@ -126,7 +127,7 @@ def test_adapters_grow_to_a_higher_rank_without_changing_their_function(tiny):
     lookahead_lib.check(grown, config)
     ids, positions, steps = jnp.array([[3, 9, 0, 0]]), jnp.array([[0, 1, 2, 3]]), jnp.array([[0, 0, 1, 2]])
     mask = jnp.tril(jnp.ones((1, 4, 4), bool))
-    run = lambda la: forward(params, config, ids, positions, mask, **lookahead_lib.forward_inputs(la, steps))[0]  # noqa: E731
+    run = lambda la: forward(params, config, ids, positions, mask, lookahead=lookahead_lib.forward_inputs(la, steps))[0]  # noqa: E731
     np.testing.assert_allclose(run(grown), run(trained), rtol=1e-6, atol=1e-6)
     assert float(jnp.abs(run(grown) - run(adapter)).max()) > 1e-3  # the trained adapters are kept
     with pytest.raises(lookahead_lib.LookaheadError, match="rank 4: they cannot be cut to rank 2"):
@@ -144,11 +145,13 @@ def test_save_load_and_resolve_every_kind(tiny, tmp_path, kind, suffix):
     assert lookahead_lib.kind_of(loaded) == kind
     jax.tree.map(np.testing.assert_array_equal, loaded, saved)
     assert lookahead_lib.read_metadata(path) == {"kind": kind, "note": "x"}
-    cut, source = lookahead_lib.resolve(str(path), params, config, 2)
+    resolved = lookahead_lib.resolve(str(path), params, config)
+    assert resolved.metadata == {"kind": kind, "note": "x"} and resolved.path == path
+    cut, source = resolved.prepare(config, 2), resolved.source
     assert lookahead_lib.num_steps(cut) == 2 and source == f"trained ({path})"
     jax.tree.map(np.testing.assert_array_equal, cut, lookahead_lib.truncate(saved, 2))
     with pytest.raises(lookahead_lib.LookaheadError, match=f"hold {L} look-ahead steps; 4 were asked for"):
-        lookahead_lib.resolve(str(path), params, config, 4)
+        resolved.prepare(config, 4)
 
 
 def test_bad_parameters_give_one_line_errors(tiny, tmp_path):

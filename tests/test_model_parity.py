@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pass_jax.decoding import DecodeSpec, decode_jit  # noqa: E402
+from pass_jax.iteration import Iteration  # noqa: E402
 from pass_jax.loading import bundled_gguf_path, load_model  # noqa: E402
 from pass_jax.model import causal_mask, forward  # noqa: E402
 from pass_jax.sampling import GREEDY  # noqa: E402
@@ -47,7 +48,7 @@ def jax_logits(model, ids) -> np.ndarray:
 
 
 def jax_greedy(model, ids, new_tokens=NEW_TOKENS) -> list[int]:
-    spec = DecodeSpec(model.config, mode="ar", max_new_tokens=new_tokens, sampling=GREEDY, eos_ids=())
+    spec = DecodeSpec(model.config, Iteration.AR, max_new_tokens=new_tokens, sampling=GREEDY, eos_ids=())
     state = decode_jit(model.params, None, jnp.asarray([ids], jnp.int32), jnp.asarray([len(ids)], jnp.int32),
                        jax.random.key(0), spec)
     assert int(state.lengths[0]) == len(ids) + new_tokens

@@ -16,6 +16,7 @@ from jax.sharding import AbstractMesh
 from pass_jax import cli
 from pass_jax.config import load_preset
 from pass_jax.decoding import DecodeSpec
+from pass_jax.iteration import Iteration
 from pass_jax.model import param_shapes
 from pass_jax.plan import DEVICES, GiB, USABLE, _fits, factorisations, plan
 from pass_jax.sharding import MESH_AXES, cache_sharding, param_shardings
@@ -50,8 +51,9 @@ def test_llama7b_param_bytes_equal_the_real_sharded_shapes(llama7b, plan_7b_2x4)
 
 
 def test_llama7b_cache_bytes(llama7b, plan_7b_2x4):
-    length = DecodeSpec(llama7b, mode="pass", num_lookahead=8, max_new_tokens=2048 - 16).buffer_length(16)
-    assert plan_7b_2x4["cache_length"] == length == 2058
+    # the default iteration (one call, tree 4,2) is 39 positions wide: 2048 + 39 + 1 slots
+    length = DecodeSpec(llama7b, max_new_tokens=2048 - 16).buffer_length(16)
+    assert plan_7b_2x4["cache_length"] == length == 2088
     sharding = cache_sharding(llama7b, AbstractMesh((2, 1, 4), MESH_AXES), 8, length)
     per_array = math.prod(sharding.shard_shape((8, length, 32, 128))) * 2
     assert per_array == 4 * length * 8 * 128 * 2  # batch over data=2, heads over tensor=4
@@ -59,15 +61,36 @@ def test_llama7b_cache_bytes(llama7b, plan_7b_2x4):
     dev = plan_7b_2x4["per_device"]
     assert dev["total"] == dev["params"] + dev["kv_cache"] + dev["lookahead"] + dev["optimizer"] + \
         dev["activations_estimate"]
-    assert dev["optimizer"] == 0 and dev["lookahead"] == 8 * 4096 * 2
+    assert dev["optimizer"] == 0 and dev["lookahead"] == 2 * 4096 * 2  # L = 2 vectors in bfloat16
 
 
 def test_train_counts_adamw_for_the_lookahead_vectors_only(llama7b):
-    p = plan(llama7b, "2x2", batch=8, max_len=512, num_lookahead=8, dtype="bfloat16", train=True)
+    p = plan(llama7b, "2x2", batch=8, max_len=512, iteration=Iteration.chain(8), dtype="bfloat16", train=True)
     assert p["per_device"]["kv_cache"] == 0
     assert p["per_device"]["lookahead"] == 8 * 4096 * 4  # float32 vectors
     assert p["per_device"]["optimizer"] == 3 * 8 * 4096 * 4  # two moments and the gradient
     assert p["activation_detail"]["tokens"] == 512 + 32 * 8
+
+
+def test_lookahead_memory_counts_every_kind(llama7b):
+    """deep adds one vector per layer and step; adapter adds down/up per layer (attention, MLP) and the head's."""
+    d, layers = 4096, 32
+    by_kind = {kind: plan(llama7b, "1", batch=1, max_len=64, iteration=Iteration.chain(4), dtype="float32",
+                          lookahead_kind=kind, adapter_rank=8, recommend=False)["per_device"]["lookahead"]
+               for kind in ("vectors", "deep", "adapter")}
+    assert by_kind["vectors"] == 4 * d * 4
+    assert by_kind["deep"] == (1 + layers) * 4 * d * 4
+    assert by_kind["adapter"] == by_kind["deep"] + (4 * layers + 2) * 4 * d * 8 * 4
+
+
+def test_cli_sizes_the_cache_for_the_iteration_it_names(capsys):
+    """plan reads -L/--calls/--draft-tree/--mode as generate does: the KV buffer is max_len + the widest call + 1."""
+    for argv, width in ((["-L", "4", "--calls", "2"], 5), ([], 39), (["--draft-tree", "3,1,1"], 10 * 4),
+                        (["--mode", "ar"], 1), (["-L", "0"], 1)):
+        code = cli.main(["plan", "--config", "tiny", "--mesh", "1", "--batch", "1", "--max-len", "64", "--json", *argv])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert json.loads(out)["cache_length"] == 64 + width + 1, argv
 
 
 def test_fit_verdicts():
@@ -108,7 +131,7 @@ def test_cli_prints_the_table(capsys):
     code = cli.main(["plan", "--config", "llama1_7b", "--mesh", "2x4", "--batch", "8", "--max-len", "2048"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    for text in ("mesh 2x4 = data 2 x fsdp 1 x tensor 4", "parameters (sharded)", "3.14 GiB", "KV cache (8 x 2058",
+    for text in ("mesh 2x4 = data 2 x fsdp 1 x tensor 4", "parameters (sharded)", "3.14 GiB", "KV cache (8 x 2088", "tree 4,2, 1 call",
                  "activations (ESTIMATE)", "TPU v4", "TPU v5e", "A100-40GB", "A100-80GB", "H100-80GB",
                  "recommended mesh for 8 devices"):
         assert text in out, out
@@ -138,6 +161,7 @@ import json, sys
 import jax, numpy as np
 from pass_jax.config import load_preset
 from pass_jax.model import init_cache, param_shapes
+from pass_jax.iteration import Iteration
 from pass_jax.plan import plan
 from pass_jax.sharding import cache_sharding, make_mesh, shard_params
 assert jax.device_count() == 8
@@ -149,7 +173,7 @@ on_device0 = lambda tree: sum(s.data.nbytes for x in jax.tree.leaves(tree) for s
 out = {}
 for name in sys.argv[1:]:
     mesh = make_mesh(name)
-    p = plan(config, name, batch=8, max_len=40, num_lookahead=4, recommend=False)
+    p = plan(config, name, batch=8, max_len=40, iteration=Iteration.chain(4, calls=2), recommend=False)
     cache = jax.device_put(init_cache(config, 8, p["cache_length"]),
                            cache_sharding(config, mesh, 8, p["cache_length"]))
     out[name] = {"plan_params": p["per_device"]["params"], "real_params": on_device0(shard_params(params, config, mesh)),

@@ -33,7 +33,7 @@ def run_cli(capsys, *argv):
 
 @pytest.mark.parametrize("sampling", [GREEDY, PAPER], ids=["greedy", "sampled"])
 def test_streamed_equals_unstreamed(smollm2, sampling, monkeypatch):
-    monkeypatch.setattr(generate_lib, "STREAM_INTERVAL_S", 0.0)  # read after every iteration, however fast
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)  # read after every iteration, however fast
     generator = Generator(smollm2, mode="pass", calls=1, draft_tree=(4, 2), num_lookahead=2, max_new_tokens=40,
                           sampling=sampling, chat=True)
     plain, plain_summary = generator.generate(PROMPTS, seed=7)

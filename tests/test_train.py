@@ -18,7 +18,7 @@ from pass_jax import lookahead as lookahead_lib
 from pass_jax.cli import main
 from pass_jax.config import load_preset
 from pass_jax.loading import LoadedModel
-from pass_jax.model import forward, init_params
+from pass_jax.model import LookaheadInputs, forward, init_params
 from pass_jax.sampling import SamplingConfig, probabilities
 from pass_jax.sharding import make_mesh
 from pass_jax.errors import PassJaxError
@@ -80,8 +80,8 @@ def explicit_lookahead_logits(params, lookahead, row, anchor):
     is_la = (position > anchor) & (position <= anchor + L)
     embeds = lookahead[jnp.clip(position - anchor - 1, 0, L - 1)][None]
     causal = jnp.tril(jnp.ones((width, width), bool))[None]
-    logits, _ = forward(params, CONFIG, ids, jnp.arange(width)[None], causal, input_embeds=embeds,
-                        embeds_mask=is_la[None])
+    logits, _ = forward(params, CONFIG, ids, jnp.arange(width)[None], causal,
+                        lookahead=LookaheadInputs(mask=is_la[None], embeds=embeds))
     return jax.lax.dynamic_slice_in_dim(logits[0], anchor + 1, L)
 
 

@@ -26,7 +26,7 @@ def prefix(params, config: LlamaConfig, tokens, scratch: int):
     start = jnp.zeros((batch,), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
     hidden, cache = forward(params, config, tokens, positions, causal_mask(start, seq_len, length),
-                            init_cache(config, batch, length), start, hidden_only=True)
+                            cache=init_cache(config, batch, length), write_index=start, hidden_only=True)
     return cache, hidden
 
 
@@ -44,9 +44,8 @@ def extend(params, config: LlamaConfig, cache, seq_len: int, ids, positions, anc
     length = cache[0]["k"].shape[1]
     scratch_visible = jnp.broadcast_to(scratch_visible, (batch, width, length - seq_len))
     mask = jnp.concatenate([jnp.arange(seq_len)[None, None, :] <= anchor[:, :, None], scratch_visible], axis=-1)
-    extra = {} if lookahead is None else lookahead_lib.forward_inputs(lookahead, steps)
-    return forward(params, config, ids, positions, mask, cache, jnp.full((batch,), write_at, jnp.int32),
-                   hidden_only=True, **extra)
+    return forward(params, config, ids, positions, mask, cache=cache, write_index=jnp.full((batch,), write_at, jnp.int32),
+                   hidden_only=True, lookahead=lookahead_lib.forward_inputs(lookahead, steps))
 
 
 def groups(params, config: LlamaConfig, cache, seq_len: int, positions, anchor, group_size: int, lookahead, steps):
@@ -56,8 +55,8 @@ def groups(params, config: LlamaConfig, cache, seq_len: int, positions, anchor, 
     group_size), so it costs T + group_size keys a slot. Returns the final hidden states [B, W, D]."""
     prefix_only = tuple({name: layer[name][:, :seq_len] for name in ("k", "v")} for layer in cache)
     mask = jnp.arange(seq_len)[None, None, :] <= anchor[:, :, None]
-    out, _ = forward(params, config, jnp.zeros_like(positions), positions, mask, prefix_only, hidden_only=True,
-                     group_size=group_size, **lookahead_lib.forward_inputs(lookahead, steps))
+    out, _ = forward(params, config, jnp.zeros_like(positions), positions, mask, cache=prefix_only, hidden_only=True,
+                     group_size=group_size, lookahead=lookahead_lib.forward_inputs(lookahead, steps))
     return out
 
 

@@ -8,7 +8,7 @@ import json
 import shlex
 import sys
 
-from pass_jax.cli_args import add_overwrite_arg, check_lookahead_arg
+from pass_jax.cli_args import add_overwrite_arg, read_lookahead_arg
 from pass_jax.defaults import DEFAULT_MODEL
 
 EPILOG = f"""config keys (override any with KEY=VALUE; values are JSON, else strings):
@@ -169,13 +169,19 @@ def cmd_eval(args) -> int:
                                          max_candidates=args.candidates, paths=args.paths)
     except ValueError as err:
         raise PassJaxError(str(err)) from None
-    check_lookahead_arg(args.lookahead)
+    found = read_lookahead_arg(args.lookahead)  # a PATH, read once
+    if args.write_metadata and args.lookahead == "none":
+        raise PassJaxError("--write-metadata needs a parameters file (--lookahead PATH, text or code), not 'none'")
     json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
     model = load_base_model(config.model, make_mesh(config.mesh))
     data = load_split(config.data, model.tokenizer, "test")
     domain = "code" if config.data.source in ("python", "the-stack-python") else "text"
-    lookahead, source = lookahead_lib.resolve(args.lookahead, model.params, model.config, args.num_lookahead,
-                                              model.identity, domain=domain)
+    resolved = lookahead_lib.resolve(args.lookahead, model.params, model.config, model.identity, domain=domain,
+                                     num_lookahead=args.num_lookahead, found=found)
+    if args.write_metadata and resolved.path is None:  # before the diagnostic's minutes
+        raise PassJaxError(f"--write-metadata needs a parameters file (--lookahead PATH, text or code); "
+                           f"--lookahead {args.lookahead} is the untrained initialisation here")
+    lookahead, source = resolved.prepare(model.config, args.num_lookahead), resolved.source
     try:
         tokens, anchors = diagnostic.pick_anchors(data, args.sequences, args.anchors_per_seq, seed=args.seed)
     except ValueError as err:
@@ -194,7 +200,6 @@ def cmd_eval(args) -> int:
     if json_path:
         outputs.write_text(json_path, json.dumps(result, indent=1))
     if args.write_metadata:
-        path = diagnostic.metadata_target(args.lookahead, model.identity, domain)
-        diagnostic.write_metadata(path, result)
-        print(f"wrote the diagnostic into {lookahead_lib.metadata_path(path)}", file=sys.stderr)
+        diagnostic.write_metadata(resolved.path, result)
+        print(f"wrote the diagnostic into {lookahead_lib.metadata_path(resolved.path)}", file=sys.stderr)
     return 0

@@ -394,21 +394,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def metadata_target(spec: str, model_identity: str | None, domain: str):
-    """The parameters file whose metadata `--write-metadata` updates: a path, or the shipped file."""
-    from pass_jax.errors import PassJaxError
-    from pass_jax.loading import DEFAULT_MODEL
-
-    if spec in ("default", "text", "code"):
-        path = lookahead_lib.bundled_path(domain if spec == "default" else spec)
-        if model_identity != DEFAULT_MODEL or not path.is_file():
-            raise PassJaxError(f"--write-metadata: --lookahead {spec} names no shipped file for this model")
-        return path
-    if spec == "none":
-        raise PassJaxError("--write-metadata needs a parameters file (--lookahead PATH, text or code), not 'none'")
-    return spec
-
-
 def write_metadata(path, result: dict[str, Any]) -> None:
     """Store a diagnostic in the parameters' JSON metadata: "acceptance" (what `-L auto` reads) and
     the rest under "diagnostic"."""

@@ -94,7 +94,7 @@ def lookahead_logits(lookahead, params, config: LlamaConfig, tokens, anchors):
     batch, seq_len = tokens.shape
     num_l = lookahead_lib.num_steps(lookahead)
     ids, positions, mask, steps = many_anchor_inputs(tokens, anchors, num_l)
-    logits, _ = forward(params, config, ids, positions, mask, **lookahead_lib.forward_inputs(lookahead, steps))
+    logits, _ = forward(params, config, ids, positions, mask, lookahead=lookahead_lib.forward_inputs(lookahead, steps))
     return logits[:, seq_len:].reshape(batch, anchors.shape[1], num_l, -1), logits[:, :seq_len]
 
 

@@ -30,7 +30,7 @@ PROMPT = "Write a short story about a robot who learns to paint."
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=float, action="append", required=True,
-                        help="seconds between reads (generate.STREAM_INTERVAL_S; 0: every iteration)")
+                        help="seconds between reads (generate.CHUNK_INTERVAL_S; 0: every iteration)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
@@ -44,7 +44,7 @@ def main() -> None:
 
     def run(interval: float | None):
         if interval is not None:
-            generate_lib.STREAM_INTERVAL_S = interval
+            generate_lib.CHUNK_INTERVAL_S = interval
         results, summary = generator.generate([PROMPT], stream=None if interval is None else show)
         return results[0].tokens, summary["tokens_per_s"]
 

@@ -9,21 +9,21 @@ from __future__ import annotations
 from pass_jax import autotune
 from pass_jax.bench import corpus_prompts
 from pass_jax.generate import resolve_lookahead
+from pass_jax.iteration import Iteration
 from pass_jax.loading import load_model
 from pass_jax.sampling import GREEDY, PAPER
 
-CASES = [("text", PAPER, autotune.Setting(2, (1,))), ("code", PAPER, autotune.Setting(2, (2, 1))),
-         ("text", PAPER, autotune.Setting(2, (1, 1, 1, 1))), ("code", GREEDY, autotune.Setting(1, (1,)))]
+CASES = [("text", PAPER, Iteration(2, (1,))), ("code", PAPER, Iteration(2, (2, 1))),
+         ("text", PAPER, Iteration(2, (1, 1, 1, 1))), ("code", GREEDY, Iteration(1, (1,)))]
 
 
 def main() -> None:
     model = load_model("smollm2-135m")
-    for domain, sampling, setting in CASES:
+    for domain, sampling, iteration in CASES:
         prompt = corpus_prompts(model.tokenizer, domain, 1, 64)[0]
-        vectors, _ = resolve_lookahead(model, domain, setting.num_lookahead)
-        ratio = autotune.timed_ratio(model, setting, vectors, sampling,
+        ratio = autotune.timed_ratio(model, iteration, resolve_lookahead(model, domain), sampling,
                                      prompt_ids=list(model.tokenizer(prompt)["input_ids"]))
-        print(f"{domain} {'greedy' if sampling.greedy else 'top-k 10, T 0.8'} {setting.label()}: {ratio:.2f}x ar")
+        print(f"{domain} {'greedy' if sampling.greedy else 'top-k 10, T 0.8'} {iteration.label()}: {ratio:.2f}x ar")
 
 
 if __name__ == "__main__":

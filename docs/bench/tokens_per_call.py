@@ -13,15 +13,16 @@ import json
 
 from pass_jax.bench import corpus_prompts
 from pass_jax.generate import Generator, resolve_lookahead
+from pass_jax.iteration import Iteration
 from pass_jax.loading import load_model
 from pass_jax.sampling import GREEDY, PAPER
 
 
-def parse_variant(text: str) -> dict:
-    """'calls=1,tree=4-2' or 'calls=2,L=4' -> Generator settings."""
+def parse_variant(text: str) -> Iteration:
+    """'calls=1,tree=4-2' or 'calls=2,L=4' -> the Iteration."""
     fields = dict(part.split("=") for part in text.split(","))
-    tree = tuple(int(k) for k in fields["tree"].split("-")) if "tree" in fields else ()
-    return {"calls": int(fields.get("calls", 2)), "num_lookahead": len(tree) or int(fields["L"]), "draft_tree": tree}
+    tree = tuple(int(k) for k in fields["tree"].split("-")) if "tree" in fields else None
+    return Iteration.from_options("pass", fields.get("L"), int(fields.get("calls", 2)), tree)
 
 
 def main() -> None:
@@ -39,14 +40,15 @@ def main() -> None:
         prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
         for name in args.sampling:
             for variant in args.variant:
-                vectors, source = resolve_lookahead(model, args.lookahead.format(domain=domain), variant["num_lookahead"],
-                                                       domain=domain)
-                generator = Generator(model, mode="pass", lookahead=vectors, lookahead_source=source,
+                lookahead = resolve_lookahead(model, args.lookahead.format(domain=domain), domain,
+                                              variant.num_lookahead)
+                generator = Generator(model, variant, lookahead=lookahead,
                                       max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
-                                      sampling=PAPER if name == "paper" else GREEDY, **variant)
+                                      sampling=PAPER if name == "paper" else GREEDY)
                 _, summary = generator.generate(prompts, seed=0)
-                print(json.dumps({"domain": domain, "sampling": name, "lookahead": source, **variant,
-                                  "width": generator.spec.width, "tokens_per_call": summary["tokens_per_call"],
+                print(json.dumps({"domain": domain, "sampling": name, "lookahead": lookahead.source,
+                                  **variant.to_json(), "width": variant.width,
+                                  "tokens_per_call": summary["tokens_per_call"],
                                   "position_acceptance": summary["position_acceptance"],
                                   "model_calls": summary["model_calls"], "new_tokens": summary["new_tokens"]}),
                       flush=True)

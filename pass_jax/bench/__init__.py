@@ -17,7 +17,7 @@ _WHERE = exports(
     settings="AR PASS HF_GREEDY HF_SAMPLE HF_LOOKUP BenchError BenchSettings",
     prompts="CORPUS_FOR_DOMAIN prefix_prompt corpus_prompts file_prompts",
     methods="RoundResult PassJaxMethod TransformersMethod count_new_tokens transformers_unavailable_reason "
-            "load_transformers_model transformers_methods auto_setting pass_jax_methods",
+            "load_transformers_model transformers_methods pass_jax_methods",
     machine="peak_host_mb peak_device_mb machine_info measure_bandwidth roofline",
     rows="summarize_method add_ratios add_predictions cost_key",
     run="run_bench",

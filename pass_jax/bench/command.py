@@ -5,13 +5,16 @@ import argparse
 import json
 
 from .. import outputs
-from ..cli_args import (add_model_arg, add_overwrite_arg, add_sampling_args, check_lookahead_arg, log,
-                        parse_int_list, sampling_from_args, seed_arg)
+from ..cli_args import (add_model_arg, add_overwrite_arg, add_sampling_args, log, parse_int_list,
+                        read_lookahead_arg, sampling_from_args, seed_arg)
+from ..defaults import BENCH_TREES
+
+TREES_HELP = ", ".join(",".join(map(str, t)) for t in BENCH_TREES)
 
 
 EPILOG = """examples:
-  pass-jax bench                                          # text prompts; L = 1,2,4,6 and auto, trees 3,1,1
-                                                          # and 4,2,1, each with 2 and 1 calls; 3 rounds
+  pass-jax bench                                          # text prompts; L = 1,2,4,6 and auto, trees 3,1,1,
+                                                          # 4,2 and 4,2,1, each with 2 and 1 calls; 3 rounds
   pass-jax bench --domain both --json bench.json --plot plots/
   pass-jax bench --temperature 0 --num-lookahead 4 --rounds 5    # greedy
   pass-jax bench --prompts prompts.jsonl --no-transformers
@@ -40,13 +43,9 @@ def settings_from_args(args):
 
 
 def _parse_tree(text: str) -> tuple[int, ...]:
-    from ..draft_tree import parse
-    from .settings import BenchError
+    from ..iteration import parse_tree
 
-    try:
-        return parse(text)
-    except ValueError as err:
-        raise BenchError(str(err)) from None
+    return parse_tree(text)
 
 
 def cmd_bench(args) -> int:
@@ -61,7 +60,7 @@ def cmd_bench(args) -> int:
     if args.num_prompts < 1 or args.prompt_tokens < 1:
         raise BenchError("--num-prompts and --prompt-tokens must be >= 1")
     prompts = {"custom": file_prompts(args.prompts)} if args.prompts else None
-    check_lookahead_arg(args.lookahead)
+    found = read_lookahead_arg(args.lookahead)  # a PATH, read once
     json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
     plot_dir = outputs.check_files_in(args.plot, PLOT_FILES, "--plot", args.overwrite) if args.plot else None
     log(f"loading {args.model} ...")
@@ -69,7 +68,7 @@ def cmd_bench(args) -> int:
     if prompts is None:
         domains = ("text", "code") if args.domain == "both" else (args.domain,)
         prompts = {d: corpus_prompts(model.tokenizer, d, args.num_prompts, args.prompt_tokens) for d in domains}
-    report = run_bench(model, prompts, settings, progress=True)
+    report = run_bench(model, prompts, settings, progress=True, found=found)
     report["settings"]["prompt_source"] = (args.prompts or
                                            f"held-out test documents, {args.prompt_tokens}-token prefixes")
     print(markdown_table(report["runs"]), flush=True)
@@ -105,15 +104,15 @@ def register(subparsers) -> None:
     source.add_argument("--prompt-tokens", type=int, default=64, help="tokens per built-in prompt (default 64)")
     add_model_arg(parser, " (no transformers rows for that one)")
     parser.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
-                        help="look-ahead vectors: default (the shipped ones for the prompts' domain), none "
+                        help="look-ahead parameters: default (the shipped ones for the prompts' domain), none "
                              "(untrained), or a .npz / Orbax path")
     parser.add_argument("--num-lookahead", "-L", default="1,2,4,6,auto", metavar="L1,L2,...[,auto]",
                         help="PaSS chains of L look-ahead steps to compare; auto adds the setting `generate -L auto` "
-                             "picks from the vectors' acceptance and this machine's call costs (default 1,2,4,6,auto)")
+                             "picks from the look-ahead parameters' acceptance and this machine's call costs (default 1,2,4,6,auto)")
     parser.add_argument("--calls", default="2,1", metavar="C1,C2",
                         help="model calls per PaSS iteration to compare: 2 (the paper) and/or 1 (default 2,1)")
     parser.add_argument("--draft-tree", action="append", metavar="K1,K2,...",
-                        help="a draft tree to compare (repeatable; default 3,1,1 and 4,2,1; none for no tree)")
+                        help=f"a draft tree to compare (repeatable; default {TREES_HELP}; none for no tree)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     add_sampling_args(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1; "

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import autotune
-from .. import lookahead as lookahead_lib
-from ..autotune import Setting
 from ..cli_args import log
 from ..generate import Generator, resolve_lookahead
+from ..iteration import Iteration
 from .settings import AR, HF_GREEDY, HF_LOOKUP, HF_SAMPLE, PASS, BenchError, BenchSettings
 
 
@@ -30,12 +29,12 @@ class PassJaxMethod:
 
     backend = "pass-jax"
 
-    def __init__(self, generator, setting: Setting | None, auto: bool = False):
+    def __init__(self, generator, auto: bool = False):
         self.generator = generator
-        self.name = PASS if generator.spec.mode == "pass" else AR
-        self.setting = setting
+        self.iteration = generator.iteration
+        self.name = PASS if self.iteration.mode == "pass" else AR
         self.auto = auto
-        self.num_lookahead = None if setting is None else setting.num_lookahead
+        self.num_lookahead = self.iteration.num_lookahead if self.name == PASS else None
         self.decoding = "greedy" if generator.spec.sampling.greedy else "sample"
         self.batch_size = generator.batch_size
         self.lookahead_source = generator.lookahead_source
@@ -57,7 +56,7 @@ class TransformersMethod:
 
     backend = "transformers"
     num_lookahead = None
-    setting = None
+    iteration = None
     auto = False
     lookahead_source = None
 
@@ -157,51 +156,42 @@ def transformers_methods(model, settings: BenchSettings) -> list[TransformersMet
                                settings.batch_size) for name, extra in configs]
 
 
-def auto_setting(model, settings: BenchSettings, vectors: str, costs: dict) -> tuple[Setting, dict] | None:
-    """What `-L auto` picks for these vectors at the measured call costs (None without acceptance metadata)."""
-    path = lookahead_lib.resolve_path(settings.lookahead, model.identity, vectors)
-    table = autotune.acceptance_table(lookahead_lib.read_metadata(path) if path else None, settings.sampling.greedy)
-    if table is None:
-        return None
-    candidates = [c for c in autotune.candidate_settings(autotune.MAX_AUTO_L) if autotune.predictable(c, table)]
-    missing = {shape for c in candidates for shape in c.call_shapes()} - set(costs)
-    costs.update(autotune.measure_call_costs(model, missing, settings.batch_size) if missing else {})
-    return autotune.choose(candidates, table, autotune.relative(costs))[0]
-
-
-def pass_jax_methods(model, settings: BenchSettings, prompts: dict[str, list[str]], costs: dict | None = None
-                     ) -> dict[str, list[PassJaxMethod]]:
-    """AR plus PaSS for each setting (and the `-L auto` choice, whose loop check runs on the domain's
-    first prompt), per domain of `prompts`; generators with the same vectors are shared across domains."""
+def pass_jax_methods(model, settings: BenchSettings, prompts: dict[str, list[str]], costs: dict | None = None,
+                     found=None) -> dict[str, list[PassJaxMethod]]:
+    """AR plus PaSS for each iteration (and the `-L auto` choice, `autotune.pick` on the domain's first
+    prompt), per domain of `prompts`; generators with the same look-ahead parameters are shared across
+    domains. `found`: a --lookahead PATH read already (`cli_args.read_lookahead_arg`)."""
     common = dict(max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
                   batch_size=settings.batch_size)
-    ar = PassJaxMethod(Generator(model, mode="ar", **common), None)
-    cache: dict[tuple[Setting, str], PassJaxMethod] = {}
+    ar = PassJaxMethod(Generator(model, Iteration.AR, **common))
+    cache: dict[tuple[Iteration, str], PassJaxMethod] = {}
+    resolved = {}
     methods = {}
     for domain in prompts:
-        # `--lookahead default` means the shipped vectors trained on the prompts' domain
-        vectors = "code" if domain == "code" else "text"
-        key = vectors if settings.lookahead == "default" else settings.lookahead
-        chosen = settings.pass_settings()
-        auto = auto_setting(model, settings, vectors, costs) if settings.auto and costs is not None else None
-        for setting in chosen + ([auto[0]] if auto else []):
-            if (setting, key) not in cache:
-                lookahead, source = resolve_lookahead(model, settings.lookahead, setting.num_lookahead, vectors)
-                generator = Generator(model, mode="pass", num_lookahead=setting.num_lookahead, calls=setting.calls,
-                                      draft_tree=() if setting.is_chain else setting.draft_tree,
-                                      lookahead=lookahead, lookahead_source=source, **common)
-                cache[setting, key] = PassJaxMethod(generator, setting)
-        rows = [cache[setting, key] for setting in chosen]
-        if auto:  # what `generate -L auto` would conclude; the auto row runs the setting either way
-            setting, prediction = auto
-            generator = cache[setting, key].generator
-            timed = autotune.timed_ratio(model, setting, generator.lookahead, settings.sampling, settings.batch_size,
-                                         prompt_ids=generator.encode(prompts[domain][0]))
-            log(f"-L auto ({domain}): {setting.label()}, predicted {prediction['ratio_vs_ar']:.2f}x ar from call "
-                f"costs, {timed:.2f}x from the timed decode loops on the first prompt" + (
-                    "" if timed > 1 and prediction["ratio_vs_ar"] > 1 else
-                    "; generate -L auto would decode with --mode ar (the auto row runs it anyway)"))
-            # the auto row is its own method even when it repeats a listed setting
-            rows.append(PassJaxMethod(cache[setting, key].generator, setting, auto=True))
+        # `--lookahead default` means the shipped parameters trained on the prompts' domain
+        shipped = "code" if domain == "code" else "text"
+        key = shipped if settings.lookahead == "default" else settings.lookahead
+        if key not in resolved:  # each file is read once
+            resolved[key] = resolve_lookahead(model, settings.lookahead, shipped, found=found,
+                                              num_lookahead=max([i.num_lookahead for i in settings.iterations()],
+                                                                default=None))
+        lookahead = resolved[key]
+        chosen = settings.iterations()
+        pick = None
+        if settings.auto and costs is not None:
+            first = Generator(model, Iteration.AR, **common).encode(prompts[domain][0])
+            try:
+                pick = autotune.pick(model, lookahead, settings.sampling, settings.batch_size, first, costs=costs)
+            except autotune.AutotuneError as err:  # no acceptance metadata: no auto row
+                log(f"-L auto ({domain}): {err}")
+            else:  # what `generate -L auto` would conclude; the auto row runs the best prediction either way
+                log(f"-L auto ({domain}): {pick.summary()}" + (
+                    " (the auto row runs it anyway)" if pick.iteration.mode == "ar" else ""))
+        for iteration in chosen + ([pick.best] if pick else []):
+            if (iteration, key) not in cache:
+                cache[iteration, key] = PassJaxMethod(Generator(model, iteration, lookahead=lookahead, **common))
+        rows = [cache[iteration, key] for iteration in chosen]
+        if pick:  # the auto row is its own method even when it repeats a listed iteration
+            rows.append(PassJaxMethod(cache[pick.best, key].generator, auto=True))
         methods[domain] = [ar] + rows
     return methods

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import outputs
-from ..autotune import Setting
+from ..iteration import Iteration
 from .rows import cost_key
 from .settings import PASS
 
@@ -39,7 +39,7 @@ def call_cost_table(report: dict[str, Any]) -> str:
              "acceptance by depth | predicted × ar | measured × ar |", "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         if r.get("predicted_ratio_vs_ar") is not None:
-            shapes = Setting(r["calls"], tuple(r["draft_tree"])).call_shapes()
+            shapes = Iteration(r["calls"], tuple(r["draft_tree"])).call_shapes()
             acceptance = " ".join(f"{a:.2f}" for a in r["position_acceptance"])
             lines.append(f"| {r['domain']} | {r['setting']} | {' + '.join(cost_key(s) for s in shapes)} | "
                          f"{r['iteration_cost_vs_ar_step']:.2f} | {r['tokens_per_call']:.2f} | {acceptance} | "

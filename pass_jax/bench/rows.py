@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from ..autotune import Setting
 from ..generate import summarize
+from ..iteration import Iteration
 from .methods import RoundResult
 from .settings import AR, HF_GREEDY, PASS
 
@@ -15,11 +15,11 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
                      device_mb: float | None, num_prompts: int) -> dict[str, Any]:
     """One JSON row: speeds over rounds plus, for pass-jax, the decode statistics of all rounds."""
     speeds = [r.new_tokens / r.wall_s if r.wall_s > 0 else 0.0 for r in results]
-    setting = method.setting
+    iteration = method.iteration if method.name == PASS else None  # ar and transformers rows: none
     row = {"domain": domain, "method": method.name, "backend": method.backend, "decoding": method.decoding,
-           "num_lookahead": method.num_lookahead, "calls": None if setting is None else setting.calls,
-           "draft_tree": None if setting is None else list(setting.draft_tree),
-           "setting": "–" if setting is None else setting.label() + (" (auto)" if method.auto else ""),
+           "num_lookahead": method.num_lookahead, "calls": None if iteration is None else iteration.calls,
+           "draft_tree": None if iteration is None else list(iteration.draft_tree),
+           "setting": "–" if iteration is None else iteration.label() + (" (auto)" if method.auto else ""),
            "auto": method.auto, "lookahead_source": method.lookahead_source,
            "batch_size": method.batch_size, "prompts": num_prompts, "rounds": len(results),
            "new_tokens": sum(r.new_tokens for r in results), "wall_s": sum(r.wall_s for r in results),
@@ -38,7 +38,7 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
     if method.num_lookahead is None:  # AR: one token per call; the prefill is no loop iteration
         hist = {"1": calls - len(stats)}
     else:  # an iteration with A accepted drafts commits A + calls tokens (fewer when cut by EOS/budget)
-        hist = {str(accepted + setting.calls): int(count) for accepted, count in enumerate(summary["accepted_hist"])}
+        hist = {str(accepted + iteration.calls): int(count) for accepted, count in enumerate(summary["accepted_hist"])}
     row.update(tokens_per_call=summary["tokens_per_call"], calls_per_token=calls / max(summary["new_tokens"], 1),
                mean_accepted=summary["mean_accepted"], position_acceptance=summary["position_acceptance"],
                tokens_per_iteration_hist=hist)
@@ -60,10 +60,10 @@ def add_predictions(rows: list[dict[str, Any]], relative_cost: dict[tuple[int, i
     memory-bound regime of the paper)."""
     for row in rows:
         if row["method"] == PASS and row["tokens_per_call"]:
-            setting = Setting(row["calls"], tuple(row["draft_tree"]))
-            cost = sum(relative_cost[shape] for shape in setting.call_shapes())
+            iteration = Iteration(row["calls"], tuple(row["draft_tree"]))
+            cost = sum(relative_cost[shape] for shape in iteration.call_shapes())
             row["iteration_cost_vs_ar_step"] = cost
-            row["predicted_ratio_vs_ar"] = row["tokens_per_call"] * setting.calls / cost
+            row["predicted_ratio_vs_ar"] = row["tokens_per_call"] * iteration.calls / cost
             row["predicted_ratio_equal_call_cost"] = row["tokens_per_call"]
 
 

@@ -16,20 +16,20 @@ from .settings import BenchError, BenchSettings
 
 
 def run_bench(model, prompts: dict[str, list[str]], settings: BenchSettings, *, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, found=None) -> dict[str, Any]:
     """Benchmark every method on `prompts` ({domain: [prompt, ...]}) with an already-loaded model.
 
     Returns the report: {"machine", "settings", "notes", "runs"}. Transformers rows are skipped
     with a note when torch is missing, `settings.transformers` is off, or the checkpoint is not
-    one transformers can read.
+    one transformers can read. `found`: a --lookahead PATH read already (`cli_args.read_lookahead_arg`).
     """
     log = log or _log
     notes = []
     costs: dict[tuple[int, int], float] | None = None
     if settings.call_costs or settings.auto:  # time one decode call per shape first: `-L auto` needs them
-        shapes = {shape for setting in settings.pass_settings() for shape in setting.call_shapes()}
+        shapes = {shape for iteration in settings.iterations() for shape in iteration.call_shapes()}
         costs = autotune.measure_call_costs(model, shapes, settings.batch_size)
-    by_domain = pass_jax_methods(model, settings, prompts, costs)
+    by_domain = pass_jax_methods(model, settings, prompts, costs, found=found)
     if settings.transformers:
         reason = transformers_unavailable_reason()
         if reason is None:

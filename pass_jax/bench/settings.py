@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..autotune import Setting
-from ..decoding import check_settings
+from ..decoding import check_budget
+from ..defaults import BENCH_TREES
 from ..errors import PassJaxError
+from ..iteration import Iteration
 from ..sampling import PAPER, SamplingConfig
 
 # The `method` of a report row.
@@ -26,8 +27,8 @@ class BenchSettings:
 
     num_lookahead: tuple[int, ...] = (1, 2, 4, 6)
     calls: tuple[int, ...] = (2, 1)  # PaSS calls per iteration to compare (--calls)
-    draft_trees: tuple[tuple[int, ...], ...] = ((3, 1, 1), (4, 2, 1))  # trees beside the chains of each L
-    auto: bool = True  # add the row `-L auto` picks (when the vectors carry acceptance metadata)
+    draft_trees: tuple[tuple[int, ...], ...] = BENCH_TREES  # trees beside the chains
+    auto: bool = True  # add the row `-L auto` picks (when the look-ahead parameters carry acceptance metadata)
     max_new_tokens: int = 128
     sampling: SamplingConfig = PAPER  # top-k 10, temperature 0.8, as in the paper
     batch_size: int = 1
@@ -42,14 +43,14 @@ class BenchSettings:
     def __post_init__(self):
         if not self.num_lookahead:
             raise BenchError("--num-lookahead needs at least one value")
-        for setting in self.pass_settings():
-            check_settings("pass", setting.num_lookahead, self.max_new_tokens, setting.calls, setting.draft_tree)
+        check_budget(self.max_new_tokens)
+        self.iterations()  # each is checked as it is built
         if self.rounds < 1:
             raise BenchError(f"--rounds must be >= 1, got {self.rounds}")
         if self.batch_size < 1:
             raise BenchError(f"--batch-size must be >= 1, got {self.batch_size}")
 
-    def pass_settings(self) -> list[Setting]:
+    def iterations(self) -> list[Iteration]:
         """The PaSS rows: a chain of each L and each tree, with each number of calls."""
         shapes = [(1,) * value for value in self.num_lookahead] + [tuple(t) for t in self.draft_trees]
-        return [Setting(calls, shape) for shape in shapes for calls in self.calls]
+        return [Iteration(calls, shape) for shape in shapes for calls in self.calls]

@@ -6,8 +6,8 @@ import json
 import os
 
 from .. import outputs
-from ..cli_args import (add_model_arg, add_overwrite_arg, add_sampling_args, check_lookahead_arg, log,
-                        parse_int_list, sampling_from_args, seed_arg)
+from ..cli_args import (add_iteration_args, add_model_arg, add_overwrite_arg, add_sampling_args,
+                        iteration_from_args, log, parse_int_list, read_lookahead_arg, sampling_from_args, seed_arg)
 from .problems import PROMPT_STYLES, HumanEvalError, load_problems
 
 
@@ -37,7 +37,7 @@ def settings_from_args(args):
     from .evaluation import EvalSettings
 
     return build(EvalSettings, dict(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
-                                    num_lookahead=args.num_lookahead, lookahead=args.lookahead,
+                                    iteration=iteration_from_args(args), lookahead=args.lookahead,
                                     prompt_style=args.prompt_style, num_samples=args.num_samples,
                                     ks=parse_int_list(args.k, "--k") if args.k else default_ks(args.num_samples),
                                     max_new_tokens=args.max_new_tokens, sampling=sampling_from_args(args),
@@ -54,12 +54,11 @@ def cmd_humaneval(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise HumanEvalError(f"--limit must be >= 1, got {args.limit}")
     problems = load_problems(args.problems, args.limit)
-    if "pass" in settings.modes:
-        check_lookahead_arg(args.lookahead)
+    found = read_lookahead_arg(args.lookahead) if "pass" in settings.modes else None  # a PATH, read once
     json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
     log(f"loading {args.model} ...")
     model = loading.load_model(args.model)
-    report = evaluate(model, problems, settings, progress=True)
+    report = evaluate(model, problems, settings, progress=True, found=found)
     print(format_report(report), flush=True)
     if json_path:
         outputs.write_text(json_path, json.dumps(report, indent=1))
@@ -78,9 +77,9 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arg(parser)
     parser.add_argument("--modes", default="ar,pass", help="comma list of ar, pass (default ar,pass)")
-    parser.add_argument("--num-lookahead", "-L", type=int, default=4, help="PaSS look-ahead steps (default 4)")
+    add_iteration_args(parser)
     parser.add_argument("--lookahead", default="default", metavar="{default,code,text,none,PATH}",
-                        help="look-ahead vectors: default (the shipped code vectors for the bundled model), "
+                        help="look-ahead parameters: default (the shipped code ones for the bundled model), "
                              "none (untrained), or a path")
     parser.add_argument("--prompt-style", default="auto", choices=PROMPT_STYLES,
                         help="raw: the model continues the HumanEval prompt; chat: the prompt goes into the "

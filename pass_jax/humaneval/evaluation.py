@@ -6,9 +6,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..decoding import check_settings
+from ..decoding import check_budget
 from ..defaults import MODES
 from ..generate import Generator, resolve_lookahead
+from ..iteration import DEFAULT_ITERATION, Iteration
 from ..sampling import PAPER, SamplingConfig
 from ..typed_config import to_json
 from .execution import check_all
@@ -20,7 +21,7 @@ from .stats import paired_comparison, score
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
     modes: tuple[str, ...] = MODES
-    num_lookahead: int = 4
+    iteration: Iteration = DEFAULT_ITERATION  # the PaSS mode's (the ar mode decodes with Iteration.AR)
     lookahead: str = "default"
     prompt_style: str = "auto"
     num_samples: int = 1
@@ -37,8 +38,9 @@ class EvalSettings:
             raise HumanEvalError(f"--modes takes a comma list of {', '.join(MODES)}, got {','.join(self.modes)!r}")
         if self.prompt_style not in PROMPT_STYLES:
             raise HumanEvalError(f"--prompt-style must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt_style!r}")
-        for mode in self.modes:
-            check_settings(mode, self.num_lookahead, self.max_new_tokens)
+        if self.iteration.mode != "pass":
+            raise HumanEvalError(f"the pass mode needs a PaSS iteration, got {self.iteration.label()}")
+        check_budget(self.max_new_tokens)
         if self.num_samples < 1:
             raise HumanEvalError(f"--num-samples must be >= 1, got {self.num_samples}")
         if not self.ks or min(self.ks) < 1 or max(self.ks) > self.num_samples:
@@ -48,18 +50,18 @@ class EvalSettings:
 
 
 def sample_completions(model, problems: Sequence[dict[str, Any]], mode: str, settings: EvalSettings,
-                       progress: bool = False) -> tuple[list[list[str]], dict[str, Any]]:
+                       progress: bool = False, found=None) -> tuple[list[list[str]], dict[str, Any]]:
     """`num_samples` raw completions per problem with one `Generator`, and its generation summary.
 
     Every mode uses the same seeds; the samples of one problem differ because each batch row
     draws its own tokens.
     """
     style = resolve_prompt_style(model.tokenizer, settings.prompt_style)
-    # `--lookahead default` means the shipped vectors trained on code
-    lookahead, source = (resolve_lookahead(model, settings.lookahead, settings.num_lookahead, domain="code")
-                         if mode == "pass" else (None, None))
-    generator = Generator(model, mode=mode, num_lookahead=settings.num_lookahead,
-                          lookahead=lookahead, lookahead_source=source,
+    iteration = settings.iteration if mode == "pass" else Iteration.AR
+    # `--lookahead default` means the shipped parameters trained on code
+    lookahead = (resolve_lookahead(model, settings.lookahead, "code", iteration.num_lookahead, found)
+                 if mode == "pass" else None)
+    generator = Generator(model, iteration, lookahead=lookahead,
                           max_new_tokens=settings.max_new_tokens, sampling=settings.sampling,
                           batch_size=settings.batch_size,
                           stop_ids=fence_stop_ids(model.tokenizer) if style == "chat" else ())
@@ -68,18 +70,20 @@ def sample_completions(model, problems: Sequence[dict[str, Any]], mode: str, set
     results, summary = generator.generate(prompts, seed=settings.seed, progress=progress)
     texts = [r.text for r in results]
     summary["lookahead_source"] = generator.lookahead_source
+    summary["iteration"] = iteration.label()
     return [texts[i * n:(i + 1) * n] for i in range(len(problems))], summary
 
 
 def evaluate(model, problems: Sequence[dict[str, Any]], settings: EvalSettings,
-             progress: bool = False) -> dict[str, Any]:
-    """Generate, execute and score every mode; returns the JSON report."""
+             progress: bool = False, found=None) -> dict[str, Any]:
+    """Generate, execute and score every mode; returns the JSON report. `found`: a --lookahead PATH
+    read already (`cli_args.read_lookahead_arg`)."""
     style = resolve_prompt_style(getattr(model, "tokenizer", None), settings.prompt_style)
     report: dict[str, Any] = {"settings": to_json(settings), "prompt_style": style, "problems": len(problems),
                               "modes": {}, "comparison": None, "samples": []}
     passed_by_mode = {}
     for mode in settings.modes:
-        raw, summary = sample_completions(model, problems, mode, settings, progress)
+        raw, summary = sample_completions(model, problems, mode, settings, progress, found)
         generated = [text for texts in raw for text in texts]
         jobs = [(problem, truncate_completion(text, style)) for problem, texts in zip(problems, raw)
                 for text in texts]
@@ -108,6 +112,10 @@ def format_report(report: dict[str, Any]) -> str:
         gen = result["generation"]
         speed = f"{gen['tokens_per_s']:.1f} | {gen['tokens_per_call']:.2f}"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {speed} |")
+    iterations = [f"{mode}: {r['generation']['iteration']}" for mode, r in report["modes"].items()
+                  if "iteration" in r["generation"]]
+    if iterations:
+        lines.append("\niterations (as `generate` prints them): " + "; ".join(iterations))
     c = report["comparison"]
     if c is not None:
         lines.append(f"\npass - ar, pass@1: {c['pass_at_1_difference']:+.3f} [95% CI {c['ci_low']:+.3f}, "
