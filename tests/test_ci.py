@@ -95,3 +95,15 @@ def test_first_command_runs_in_a_fresh_copy_when_venv_exists(sandbox, tmp_path):
     copy = log[0].removeprefix("setup  in ")
     assert copy != str(sandbox) and not Path(copy).exists()  # a scratch copy, removed when done
     assert log[1:] == [f"generate in {copy}", f"setup --test in {sandbox}", "pytest"]
+
+
+def test_every_slow_name_is_a_collected_test():
+    """The quick tier's SLOW list names real tests: a renamed test would otherwise slip into the quick tier."""
+    import sys
+
+    from conftest import SLOW
+
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          str(ROOT / "tests")], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    collected = {re.sub(r"\[.*$", "", line).replace("tests/", "", 1) for line in out.splitlines() if "::" in line}
+    assert SLOW <= collected, sorted(SLOW - collected)
