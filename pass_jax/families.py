@@ -77,8 +77,8 @@ def hf_config_values(hf) -> dict[str, Any]:
     the first option pass-jax does not implement."""
     model_type = getattr(hf, "model_type", None)
     if model_type not in HF_MODEL_TYPES:
-        raise _refuse(f"unsupported architecture {model_type!r}: pass-jax loads {', '.join(HF_MODEL_TYPES)} "
-                      "(model_type in config.json)")
+        raise _refuse(f"unsupported architecture {model_type!r}: pass-jax loads LLaMA-family checkpoints, "
+                      f"model_type {', '.join(HF_MODEL_TYPES)} in config.json")
     if getattr(hf, "hidden_act", "silu") != "silu":
         raise _refuse(f"unsupported activation {hf.hidden_act!r}: {model_type} in pass-jax uses silu")
     if getattr(hf, "mlp_bias", False):
