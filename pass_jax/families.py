@@ -164,9 +164,22 @@ def gguf_config_values(field: Callable[[str, Any], Any], tensors: dict[str, Any]
         tie_embeddings="output.weight" not in tensors, max_seq_len=int(key("context_length", 2048)),
         qkv_bias=has_bias, qk_norm=has_qk_norm)
     window = key("attention.sliding_window", None)
+    if window is None and arch == "llama" and _is_mistral_v01(field):
+        window = MISTRAL_V01_WINDOW  # llama.cpp writes Mistral as llama and drops the window from the metadata
     if window is not None and int(window) < values["max_seq_len"]:
         values["sliding_window"] = int(window)
     return values
+
+
+MISTRAL_V01_WINDOW = 4096
+
+
+def _is_mistral_v01(field: Callable[[str, Any], Any]) -> bool:
+    """Whether a `llama` GGUF is Mistral-7B v0.1 by its names (`general.basename`/`name`/`version`, as
+    llama.cpp's converter writes them from the model's directory and card)."""
+    names = " ".join(str(field(k, "") or "") for k in ("general.basename", "general.name", "general.version",
+                                                        "general.finetune")).lower()
+    return "mistral" in names and ("v0.1" in names or "v0_1" in names or "v01" in names)
 
 
 def rope_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int, where: str = "") -> dict | None:

@@ -242,3 +242,39 @@ def test_rope_freqs_recover_llama3_scaling(theta, head_dim, scaling):
     with pytest.raises(families_lib.FamilyError, match="does not follow Llama-3"):
         families_lib.rope_scaling_from_factors(factors * np.linspace(1, 1.5, factors.size, dtype=np.float32),
                                                theta, head_dim)
+
+
+def test_converted_and_cached_family_models_keep_their_options(built, tmp_path, monkeypatch):
+    """`pass-jax convert` output and the GGUF float32 cache entry reload with the family's options."""
+    from pass_jax.loading import save_converted
+
+    hf_dir, gguf_path, _, tokenizer = built("qwen2")
+    ids = tokenizer(PROMPT).input_ids
+    original = load_model(hf_dir)
+    save_converted(original, tmp_path / "converted")
+    converted = load_model(tmp_path / "converted")
+    assert converted.config == original.config and converted.config.qkv_bias
+    np.testing.assert_array_equal(jax_logits(converted, ids), jax_logits(original, ids))
+
+    _, gguf_path, _, tokenizer = built("qwen3")
+    monkeypatch.setenv("PASS_JAX_MODEL_CACHE", "1")
+    monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path / "cache"))
+    first, second = load_model(gguf_path), load_model(gguf_path)  # the second from the cache entry
+    assert "float32 cache" not in first.source and second.config == first.config and second.config.qk_norm
+    assert any((tmp_path / "cache").rglob("pass_jax.json"))
+    ids = tokenizer(PROMPT).input_ids
+    np.testing.assert_array_equal(jax_logits(second, ids), jax_logits(first, ids))
+    assert second.tokenizer(PROMPT).input_ids == ids
+
+
+def test_mistral_v01_gguf_gets_its_window(tmp_path, built):
+    """llama.cpp writes Mistral-7B as `llama` without the window; a v0.1 file is recognised by its names."""
+    from pass_jax.families import gguf_config_values
+
+    fields = {"general.architecture": "llama", "general.basename": "Mistral", "general.version": "v0.1",
+              "llama.embedding_length": 64, "llama.attention.head_count": 4, "llama.block_count": 1,
+              "llama.feed_forward_length": 128, "llama.context_length": 32768}
+    tensors = {"token_embd.weight": np.zeros((64, 16))}
+    assert gguf_config_values(lambda k, d=None: fields.get(k, d), tensors)["sliding_window"] == 4096
+    fields["general.version"] = "v0.3"
+    assert "sliding_window" not in gguf_config_values(lambda k, d=None: fields.get(k, d), tensors)
