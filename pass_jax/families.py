@@ -241,3 +241,27 @@ def _llama3_factors(inv_freq: np.ndarray, rs: dict) -> np.ndarray:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= orig / hff) & (wavelen <= orig / lff)
     return inv_freq / np.where(medium, smoothed, scaled)
+
+
+# --- end-of-turn tokens -------------------------------------------------------------------------
+
+def hf_stop_ids(path) -> tuple[int, ...]:
+    """The extra end tokens a Hugging Face directory's `generation_config.json` names (`eos_token_id`, an
+    id or a list: Llama 3.1 Instruct stops at <|eot_id|> and <|eom_id|> as well as <|end_of_text|>,
+    Qwen2.5 Instruct at <|im_end|> and <|endoftext|>), as transformers' `generate` does."""
+    import json
+    from pathlib import Path
+
+    file = Path(path) / "generation_config.json"
+    try:
+        value = json.loads(file.read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return ()
+    values = value if isinstance(value, list) else [value]
+    return tuple(sorted({int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)}))
+
+
+def gguf_stop_ids(field: Callable[[str, Any], Any]) -> tuple[int, ...]:
+    """The end-of-turn tokens llama.cpp records besides EOS (`tokenizer.ggml.eot_token_id`, `eom_token_id`)."""
+    ids = {field(f"tokenizer.ggml.{name}_token_id", None) for name in ("eos", "eot", "eom")}
+    return tuple(sorted(int(i) for i in ids if i is not None))

@@ -182,7 +182,9 @@ class Generator:
         self.batch_size = batch_size
         eos = model.tokenizer.eos_token_id
         # A row ends at EOS or at any of `stop_ids` (kept, like EOS, as its last token).
-        stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())))
+        # and at the checkpoint's other end-of-turn tokens (generation_config.json's eos_token_id list, GGUF eot).
+        stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())
+                             | {int(i) for i in getattr(model, "stop_ids", ())}))
         self.spec = DecodeSpec(model.config, mode=mode, num_lookahead=num_lookahead, max_new_tokens=max_new_tokens,
                                sampling=sampling, eos_ids=stops, calls=calls, draft_tree=tuple(draft_tree), mesh=mesh)
         if mode != "pass":  # plain decoding takes no look-ahead parameters

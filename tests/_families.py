@@ -40,7 +40,8 @@ FAMILIES = {
     "llama3": dict(
         config="LlamaConfig", model="LlamaForCausalLM", gguf_arch="llama", pre="llama-bpe", split=LLAMA3_SPLIT,
         specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        bos="<|begin_of_text|>", eos="<|eot_id|>", add_bos=True, template=LLAMA3_TEMPLATE,
+        bos="<|begin_of_text|>", eos="<|eot_id|>", stops=["<|end_of_text|>", "<|eot_id|>"], add_bos=True,
+        template=LLAMA3_TEMPLATE,
         hf=dict(num_key_value_heads=2, head_dim=32, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True)),
     "mistral": dict(
         config="MistralConfig", model="MistralForCausalLM", gguf_arch="llama", pre="llama-bpe", split=LLAMA3_SPLIT,
@@ -50,7 +51,7 @@ FAMILIES = {
     "qwen2": dict(
         config="Qwen2Config", model="Qwen2ForCausalLM", gguf_arch="qwen2", pre="qwen2", split=QWEN2_SPLIT,
         specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|im_end|>", add_bos=False,
-        template=CHATML_TEMPLATE,
+        stops=["<|im_end|>", "<|endoftext|>"], template=CHATML_TEMPLATE,
         hf=dict(num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True, use_sliding_window=False)),
     "qwen3": dict(
         config="Qwen3Config", model="Qwen3ForCausalLM", gguf_arch="qwen3", pre="qwen2", split=QWEN2_SPLIT,
@@ -111,6 +112,8 @@ def make_model(family: str, path: Path, seed: int = 0, shard: bool = True, **ove
     torch.manual_seed(seed)
     config = getattr(transformers, spec["config"])(**values)
     model = getattr(transformers, spec["model"])(config).eval()
+    if "stops" in spec:  # an instruct model's generation_config.json lists every end-of-turn token
+        model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in spec["stops"]]
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

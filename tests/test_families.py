@@ -142,6 +142,9 @@ def test_family_chat_template_and_gguf_tokenizer(family, built):
             assert model.tokenizer(s).input_ids == tokenizer(s).input_ids, (path.name, s)
             assert model.tokenizer.decode(tokenizer(s, add_special_tokens=False).input_ids) == s
         assert model.tokenizer.eos_token == FAMILIES[family]["eos"]
+        if path == hf_dir:  # generation_config.json's end tokens stop a row too
+            want = {tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family].get("stops", [])}
+            assert want <= set(Generator(model, mode="ar").spec.eos_ids)
         gen = Generator(model, mode="ar", chat=True, max_new_tokens=4)
         assert gen.chat
         ids = gen.encode("What is the quick brown fox?")
