@@ -281,3 +281,14 @@ def test_mistral_v01_gguf_gets_its_window(tmp_path, built):
     assert gguf_config_values(lambda k, d=None: fields.get(k, d), tensors)["sliding_window"] == 4096
     fields["general.version"] = "v0.3"
     assert "sliding_window" not in gguf_config_values(lambda k, d=None: fields.get(k, d), tensors)
+
+
+def test_training_past_a_sliding_window_is_refused():
+    from pass_jax.config import ConfigError, load_preset
+    from pass_jax.train.loop import check_window
+
+    config = load_preset("mistral_7b").replace(sliding_window=4096)
+    check_window(config, 4088, 8)
+    with pytest.raises(ConfigError, match="sliding attention window of 4096 tokens.*data.seq_len <= 4088"):
+        check_window(config, 4089, 8)
+    check_window(load_preset("mistral_7b"), 100_000, 8)  # v0.2 on: no window
