@@ -115,7 +115,7 @@ FAMILY_PRESETS = {"llama3_1_8b": 8_030_261_248, "llama3_2_1b": 1_235_814_400, "m
 
 @pytest.mark.parametrize("name", sorted(FAMILY_PRESETS))
 def test_family_presets_count_parameters_and_load_as_train_runs(name):
-    from pass_jax.train.loop import load_run_config
+    from pass_jax.train.run_config import load_run_config
 
     config = load_preset(name)
     assert config.num_params() == FAMILY_PRESETS[name]

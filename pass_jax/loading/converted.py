@@ -43,7 +43,7 @@ def save_converted(model: LoadedModel, dst: str | os.PathLike, overwrite: bool =
                     (tmp / "tokenizer" / file.name).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / "tokenizer" / file.name).write_bytes(file.read_bytes())
             meta = {"format": PASS_JAX_FORMAT, "config": config_lib.to_dict(model.config), "source": model.source,
-                    "identity": model.identity}
+                    "identity": model.identity, "stop_ids": list(model.stop_ids)}
             # Last: on gs:// (written in place) its presence is what marks a complete checkpoint.
             (tmp / "pass_jax.json").write_text(json.dumps(meta, indent=1))
 
@@ -72,5 +72,5 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         for file in (path / "tokenizer").iterdir():
             (Path(local) / file.name).write_bytes(file.read_bytes())
         tokenizer = hf_tokenizer(local)
-    return LoadedModel(config, params, tokenizer, str(path), meta.get("identity"))
+    return LoadedModel(config, params, tokenizer, str(path), meta.get("identity"), tuple(meta.get("stop_ids", ())))
 
