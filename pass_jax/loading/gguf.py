@@ -1,5 +1,6 @@
-"""GGUF files: metadata -> `LlamaConfig`, tensors dequantized to float32 with llama.cpp's Q/K row
-permutation (interleaved RoPE) undone, the tokenizer from the metadata (`tokenizers.gguf_tokenizer`).
+"""GGUF files (architectures llama, qwen2, qwen3: `families.py`): metadata -> `LlamaConfig`, tensors
+dequantized to float32 with llama.cpp's Q/K row permutation (interleaved RoPE) undone where it applies
+(llama only), the tokenizer from the metadata (`tokenizers.gguf_tokenizer`).
 
 A load goes through the float32 cache (`model_cache`) when it holds this file, and fills it when not.
 """

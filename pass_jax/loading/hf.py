@@ -1,5 +1,6 @@
-"""Hugging Face LLaMA directories: `config.json` -> `LlamaConfig`, `*.safetensors` streamed per tensor
-(each device reads only its slice) straight onto its sharding, the tokenizer beside them."""
+"""Hugging Face directories of the supported families (`families.py`: Llama, Mistral, Qwen2, Qwen3):
+`config.json` -> `LlamaConfig`, `*.safetensors` streamed per tensor (each device reads only its slice)
+straight onto its sharding, the tokenizer beside them."""
 from __future__ import annotations
 
 from pathlib import Path
