@@ -205,7 +205,6 @@ def rope_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int, 
     high_hi = wavelen[~short].min()
     low_lo = wavelen[~long_].max() if (~long_).any() else 0.0
     low_hi = wavelen[long_].min() if long_.any() else wavelen.max() * 2
-    original = 8192.0
     if medium.sum() >= 2:
         # s = (1/wl - 1/low) / (1/high - 1/low): a line in 1/wl through the medium points.
         s = (1 / factors[medium] - 1 / factor) / (1 - 1 / factor)
@@ -223,12 +222,18 @@ def rope_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int, 
     else:
         high = (high_lo + high_hi) / 2 if high_lo > 0 else high_hi * 0.99
         low = (low_lo + low_hi) / 2
-    scaling = {"factor": factor, "low_freq_factor": original / low, "high_freq_factor": original / high,
-               "original_max_position_embeddings": int(original)}
-    if not np.allclose(_llama3_factors(inv_freq, scaling), factors, rtol=1e-5, atol=1e-6):
-        raise _refuse("rope_freqs.weight does not follow Llama-3 RoPE scaling: pass-jax implements no other "
-                      "per-frequency factors", where)
-    return {k: (int(v) if k == "original_max_position_embeddings" else float(v)) for k, v in scaling.items()}
+    # Only the bounds are determined; take original_max_position_embeddings = the low bound (low_freq_factor
+    # 1, as every Llama 3.x has it) and round to 6 digits where that still reproduces the file's factors, so
+    # a Llama 3.x GGUF gets the parameters of its config.json (factor 8, 1, 4, 8192 for 3.1).
+    original = max(int(round(low)), 1)
+    exact = {"factor": factor, "low_freq_factor": original / low, "high_freq_factor": original / high,
+             "original_max_position_embeddings": original}
+    rounded = {k: (v if isinstance(v, int) else float(f"{v:.6g}")) for k, v in exact.items()}
+    for scaling in (rounded, exact):
+        if np.allclose(_llama3_factors(inv_freq, scaling), factors, rtol=1e-5, atol=1e-6):
+            return {k: (int(v) if k == "original_max_position_embeddings" else float(v)) for k, v in scaling.items()}
+    raise _refuse("rope_freqs.weight does not follow Llama-3 RoPE scaling: pass-jax implements no other "
+                  "per-frequency factors", where)
 
 
 def _llama3_factors(inv_freq: np.ndarray, rs: dict) -> np.ndarray:

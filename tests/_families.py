@@ -105,7 +105,7 @@ def make_model(family: str, path: Path, seed: int = 0, shard: bool = True, **ove
     spec = FAMILIES[family]
     tokenizer = make_tokenizer(family)
     values = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
+                  num_attention_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-6,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     values.update(spec["hf"])
     values.update(overrides)

@@ -4,12 +4,13 @@ Each family's tiny random model (tests/_families.py: weights x8, random biases a
 loaded from its Hugging Face directory (sharded safetensors) and from the GGUF file llama.cpp's
 converter would write for it. pass-jax's logits must equal transformers' at every position of a
 prompt (max abs difference < 1e-4; measured about 1e-6), greedy decoding must equal transformers'
-`generate` token for token, and every PaSS variant (calls 1 and 2, a chain and a tree) must equal
-pass-jax's ar. Checkpoints with options pass-jax does not implement are refused in one line.
+`generate` token for token, and every PaSS variant (calls 1 and 2, a chain and trees, one of them wide
+enough that drafts are accepted) must equal pass-jax's ar. Checkpoints with options pass-jax does not implement are refused in one line.
 Run with -s to see the parity table rows (`PARITY family source ...`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -32,7 +33,10 @@ TOL = 1e-4
 NEW_TOKENS = 24
 PROMPT = "the quick brown fox jumps over a lazy dog while parallel speculative sampling drafts 2024 café"
 PASS_VARIANTS = {"calls2-chain": dict(calls=2, num_lookahead=3), "calls1-chain": dict(calls=1, num_lookahead=3),
-                 "calls2-tree": dict(calls=2, draft_tree=(3, 2)), "calls1-tree": dict(calls=1, draft_tree=(2, 2))}
+                 "calls2-tree": dict(calls=2, draft_tree=(3, 2)), "calls1-tree": dict(calls=1, draft_tree=(2, 2)),
+                 # 256 first-draft candidates of a 400-token vocabulary: untrained look-ahead vectors are still
+                 # accepted most of the time, so the accepting paths are checked as well as the rejecting ones
+                 "calls2-wide": dict(calls=2, draft_tree=(256,)), "calls1-wide": dict(calls=1, draft_tree=(256,))}
 SEEDS = {family: i for i, family in enumerate(FAMILIES)}
 
 forward_jit = jax.jit(forward, static_argnums=1)
@@ -103,6 +107,9 @@ def test_family_parity(family, source, built):
     assert (c.qkv_bias, c.qk_norm) == (family == "qwen2", family == "qwen3")
     assert c.tie_embeddings == bool(hf.tie_word_embeddings) and ("lm_head" in model.params) == (not c.tie_embeddings)
     assert (c.rope_scaling is not None) == (family == "llama3")
+    if family == "llama3":  # from the GGUF's rope_freqs.weight too: config.json's parameters
+        assert dataclasses.asdict(c.rope_scaling) == {k: v for k, v in hf.rope_parameters.items()
+                                                      if k not in ("rope_type", "rope_theta")}
     assert c.head_dim == (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
     assert c.rope_theta == hf.rope_parameters["rope_theta"]
 
@@ -118,11 +125,15 @@ def test_family_parity(family, source, built):
     ar, _ = decode(model, ids, "ar")
     reference = hf_generate(torch_model, ids)
     greedy_equal = ar == reference
-    pass_equal = {}
+    pass_equal, accepted = {}, {}
     for name, variant in PASS_VARIANTS.items():
         tokens, stats = decode(model, ids, "pass", **dict(variant))
         pass_equal[name] = tokens == ar
-    print(f"\nPARITY {json.dumps(dict(family=family, source=source, max_logit_diff=diff, greedy_equal=greedy_equal, pass_equal=all(pass_equal.values()), logit_scale=float(np.abs(expected).max())))}")
+        hist = np.asarray(stats.accepted_hist).sum(0)
+        accepted[name] = int((hist * np.arange(hist.size)).sum())  # drafts accepted (untrained vectors: few)
+    row = dict(family=family, source=source, max_logit_diff=diff, greedy_equal=greedy_equal,
+               pass_equal=all(pass_equal.values()), accepted_drafts=accepted, logit_scale=float(np.abs(expected).max()))
+    print(f"\nPARITY {json.dumps(row)}")
     assert greedy_equal, (ar, reference)
     assert all(pass_equal.values()), pass_equal
 
@@ -242,6 +253,8 @@ def test_rope_freqs_recover_llama3_scaling(theta, head_dim, scaling):
     want = rope_inv_freq(LlamaConfig(**base, rope_scaling=scaling))
     got = rope_inv_freq(LlamaConfig(**base, rope_scaling=recovered))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6)
+    if head_dim >= 64:  # enough frequencies between the bounds: Llama 3.x's own parameters come back
+        assert recovered == scaling
     with pytest.raises(families_lib.FamilyError, match="does not follow Llama-3"):
         families_lib.rope_scaling_from_factors(factors * np.linspace(1, 1.5, factors.size, dtype=np.float32),
                                                theta, head_dim)
