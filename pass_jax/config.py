@@ -14,6 +14,7 @@ import jax.numpy as jnp
 # The checkout's configs/, installed as the package data pass_jax.configs (editable or not).
 CONFIGS_DIR = Path(str(importlib.resources.files("pass_jax.configs")))
 _DTYPES = ("float32", "bfloat16", "float16")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,17 @@ class LlamaConfig:
     max_seq_len: int = 2048
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
+    # Family options (docs: README "Model families"). Qwen2/2.5: bias on the q, k and v projections.
+    qkv_bias: bool = False
+    # Qwen3: RMSNorm over each head's q and k (before RoPE), one [head_dim] scale each.
+    qk_norm: bool = False
+    # Mistral v0.1: each position attends to at most this many (itself included). pass-jax has no
+    # sliding-window attention: a decode whose KV buffer would exceed the window is refused
+    # (`decoding.check_context`), so every position it computes sees exactly what the model would.
+    sliding_window: int | None = None
+    # The checkpoint's family (`model_type` in Hugging Face terms, `general.architecture` in GGUF):
+    # llama, mistral, qwen2 or qwen3. Informational: the options above carry every difference.
+    family: str = "llama"
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, Mapping):
@@ -67,6 +79,10 @@ class LlamaConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not supported; use one of {_DTYPES}")
         if self.rms_eps <= 0 or self.rope_theta <= 0:
             raise ConfigError("rms_eps and rope_theta must be positive")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ConfigError(f"sliding_window must be a positive integer or null, got {self.sliding_window!r}")
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family={self.family!r} is not supported; use one of {FAMILIES}")
 
     @property
     def jnp_dtype(self):
@@ -82,6 +98,8 @@ class LlamaConfig:
     def num_params(self) -> int:
         d, h, kv, hd, i = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate_size
         per_layer = d * hd * (2 * h + 2 * kv) + 3 * d * i + 2 * d
+        per_layer += hd * (h + 2 * kv) if self.qkv_bias else 0
+        per_layer += 2 * hd if self.qk_norm else 0
         head = 0 if self.tie_embeddings else d * self.vocab_size
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 

@@ -78,6 +78,13 @@ def check_context(spec: DecodeSpec, prompt_length: int, error: type[Exception] =
     """Raise `error` unless a prompt of `prompt_length` tokens, the budget and the slots a decode call
     may write past it fit the model's context. A host check: inside jit the lengths are data."""
     limit, budget, margin = spec.config.max_seq_len, spec.max_new_tokens, spec.iteration.overshoot
+    window = spec.config.sliding_window
+    if window is not None and window < limit and prompt_length + budget + margin > window:
+        # pass-jax attends to every cached position: past the window it would differ from the model.
+        raise error(f"prompt of {prompt_length} tokens + max_new_tokens={budget} + {margin} positions that a decode "
+                    f"call may write past them = {prompt_length + budget + margin} exceeds the model's sliding "
+                    f"attention window of {window} tokens, which pass-jax does not implement; these settings leave "
+                    f"room for {max(window - budget - margin, 0)} prompt tokens")
     if prompt_length + budget + margin > limit:
         raise error(f"prompt of {prompt_length} tokens + max_new_tokens={budget} + {margin} positions that a decode "
                     f"call may write past them = {prompt_length + budget + margin} exceeds the model's context of "

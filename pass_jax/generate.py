@@ -211,7 +211,9 @@ class Generator:
         self.batch_size = batch_size
         eos = model.tokenizer.eos_token_id
         # A row ends at EOS or at any of `stop_ids` (kept, like EOS, as its last token).
-        stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())))
+        # and at the checkpoint's other end-of-turn tokens (generation_config.json's eos_token_id list, GGUF eot).
+        stops = tuple(sorted({int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())
+                             | {int(i) for i in getattr(model, "stop_ids", ())}))
         self.spec = DecodeSpec(model.config, iteration, max_new_tokens=max_new_tokens, sampling=sampling,
                                eos_ids=stops, mesh=mesh)
         self.iteration = iteration

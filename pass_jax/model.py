@@ -1,5 +1,8 @@
 """A functional Flax LLaMA: RMSNorm, RoPE (`rotate_half`), grouped-query attention, SwiGLU.
 
+The same decoder serves Mistral (no sliding window in the computation: see `LlamaConfig.sliding_window`),
+Qwen2/2.5 (`qkv_bias`) and Qwen3 (`qk_norm`).
+
 One pure forward takes params, inputs (token ids and, per position, optional input embeddings),
 positions, an explicit attention mask and an optional KV cache; it returns logits and the new
 cache. Layers are unrolled: on XLA:CPU a `lax.scan` over layers compiles faster but runs a decode
@@ -31,10 +34,12 @@ def _param(module: nn.Module, name: str, shape, axes, init=_init):
 
 class RMSNorm(nn.Module):
     config: LlamaConfig
+    dim: int | None = None  # None: hidden_size; head_dim for Qwen3's per-head q/k norms
+    axis: str = "norm"
 
     @nn.compact
     def __call__(self, x):
-        scale = _param(self, "scale", (self.config.hidden_size,), ("norm",), nn.initializers.ones)
+        scale = _param(self, "scale", (self.dim or self.config.hidden_size,), (self.axis,), nn.initializers.ones)
         x32 = x.astype(jnp.float32)
         x32 = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_eps)
         return (x32.astype(self.config.jnp_dtype) * scale.astype(self.config.jnp_dtype))
@@ -90,9 +95,18 @@ class Attention(nn.Module):
         wv = _param(self, "wv", (d, c.num_kv_heads * c.head_dim), ("embed", "kv_heads"))
         wo = _param(self, "wo", (c.num_heads * c.head_dim, d), ("q_heads", "embed"))
         dt = c.jnp_dtype
-        q = (x @ wq.astype(dt)).reshape(b, t, c.num_heads, c.head_dim)
-        k = (x @ wk.astype(dt)).reshape(b, t, c.num_kv_heads, c.head_dim)
-        v = (x @ wv.astype(dt)).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q, k, v = x @ wq.astype(dt), x @ wk.astype(dt), x @ wv.astype(dt)
+        if c.qkv_bias:  # Qwen2/2.5
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "bq", (c.num_heads * c.head_dim,), ("q_heads",), zeros).astype(dt)
+            k = k + _param(self, "bk", (c.num_kv_heads * c.head_dim,), ("kv_heads",), zeros).astype(dt)
+            v = v + _param(self, "bv", (c.num_kv_heads * c.head_dim,), ("kv_heads",), zeros).astype(dt)
+        q = q.reshape(b, t, c.num_heads, c.head_dim)
+        k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:  # Qwen3: RMSNorm over each head's q and k, before RoPE
+            q = RMSNorm(c, c.head_dim, "head_dim", name="q_norm")(q)
+            k = RMSNorm(c, c.head_dim, "head_dim", name="k_norm")(k)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         if group_size is not None:

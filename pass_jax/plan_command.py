@@ -50,7 +50,8 @@ def register(subparsers) -> None:
         epilog=RULE_HELP + "\n\nexamples:\n  pass-jax plan --config llama1_7b --mesh 2x4 --batch 8 --max-len 2048\n"
                "  pass-jax plan --config llama1_7b --devices 4 --batch 8 --max-len 512 --train\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a model preset (llama1_7b, llama2_7b, smollm2_135m, tiny) "
+    parser.add_argument("--config", required=True, help="a model preset (llama1_7b, llama2_7b, llama3_1_8b, "
+                        "llama3_2_1b, mistral_7b, qwen2_5_7b, qwen3_8b, smollm2_135m, tiny) "
                         "or a model config .json")
     parser.add_argument("--mesh", help="DATAxTENSOR (e.g. 2x4) or DATAxFSDPxTENSOR (e.g. 2x2x2); "
                         "default: the recommended mesh of --devices")

@@ -31,9 +31,10 @@ from pass_jax.sharding import batch_sharding, cache_sharding, make_mesh, shard_p
 
 TOL = 1e-5
 BATCH, WIDTH, NEW = 8, 8, 8
-# dims that 8 divides: 8 heads of 16, 4 KV heads (sharded by a 4-way but not an 8-way tensor axis)
+# dims that 8 divides: 8 heads of 16, 4 KV heads (sharded by a 4-way but not an 8-way tensor axis); with
+# Qwen2's q/k/v biases and Qwen3's q/k norms (random, below), so their shardings are exercised too
 CONFIG = load_preset("tiny").replace(hidden_size=128, num_heads=8, num_kv_heads=4, intermediate_size=256,
-                                    num_layers=1)
+                                    num_layers=1, qkv_bias=True, qk_norm=True)
 
 forward_jit = jax.jit(forward, static_argnums=1)
 
@@ -119,6 +120,11 @@ def run_mesh(name, params, inputs, reference, chain, pass_reference):
 def main(meshes):
     assert jax.device_count() == 8, jax.devices()
     params = jax.jit(init_params, static_argnums=0)(CONFIG, jax.random.key(0))
+    attention = params["layer_0"]["attention"]
+    for i, name in enumerate(("bq", "bk", "bv")):  # zeros and ones at init: make them matter
+        attention[name] = jax.random.normal(jax.random.key(10 + i), attention[name].shape)
+    for i, name in enumerate(("q_norm", "k_norm")):
+        attention[name]["scale"] = 1 + 0.3 * jax.random.normal(jax.random.key(20 + i), attention[name]["scale"].shape)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, CONFIG.vocab_size, size=(BATCH, WIDTH)).astype(np.int32)
     prompt_lengths = rng.integers(2, WIDTH + 1, size=BATCH).astype(np.int32)

@@ -106,3 +106,33 @@ def test_rope_scaling_and_round_trip():
 
 def test_bundled_model_config_matches_preset(smollm2):
     assert smollm2.config == load_preset("smollm2_135m")
+
+
+# Published parameter counts of the family presets (their model cards / safetensors index totals).
+FAMILY_PRESETS = {"llama3_1_8b": 8_030_261_248, "llama3_2_1b": 1_235_814_400, "mistral_7b": 7_248_023_552,
+                  "qwen2_5_7b": 7_615_616_512, "qwen3_8b": 8_190_735_360}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_PRESETS))
+def test_family_presets_count_parameters_and_load_as_train_runs(name):
+    from pass_jax.train.run_config import load_run_config
+
+    config = load_preset(name)
+    assert config.num_params() == FAMILY_PRESETS[name]
+    assert sum(math.prod(s.shape) for s in jax.tree.leaves(param_shapes(config))) == config.num_params()
+    assert (config.qkv_bias, config.qk_norm) == (name.startswith("qwen2"), name.startswith("qwen3"))
+    assert (config.rope_scaling is not None) == name.startswith("llama3")
+    run = load_run_config(f"{name}_wiki")
+    assert run.model.preset == name
+
+
+def test_family_options_are_validated():
+    with pytest.raises(ConfigError, match="sliding_window must be a positive integer"):
+        LlamaConfig(**BASE, sliding_window=0)
+    with pytest.raises(ConfigError, match="family='gemma' is not supported"):
+        LlamaConfig(**BASE, family="gemma")
+    with pytest.raises(ConfigError, match="qkv_bias must be bool"):
+        from_dict({**BASE, "qkv_bias": "yes"})
+    plain = LlamaConfig(**BASE)
+    assert LlamaConfig(**BASE, qkv_bias=True).num_params() == plain.num_params() + 2 * (64 + 2 * 32)
+    assert LlamaConfig(**BASE, qk_norm=True).num_params() == plain.num_params() + 2 * 2 * 16

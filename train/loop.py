@@ -62,8 +62,19 @@ def load_base_model(section: ModelSection, mesh) -> LoadedModel:
     return model
 
 
+def check_window(config: LlamaConfig, seq_len: int, num_lookahead: int) -> None:
+    """Refuse training sequences longer than a sliding attention window (Mistral v0.1): pass-jax attends
+    to every earlier position, so past the window its targets would not be the model's."""
+    window = config.sliding_window
+    if window is not None and seq_len + num_lookahead > window:
+        raise ConfigError(f"data.seq_len={seq_len} + num_lookahead={num_lookahead} positions exceed the model's sliding "
+                          f"attention window of {window} tokens, which pass-jax does not implement; use "
+                          f"data.seq_len <= {window - num_lookahead}")
+
+
 def _check_shapes(loaded: LlamaConfig, preset: LlamaConfig, section: ModelSection) -> None:
-    fields = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+    fields = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "head_dim",
+              "qkv_bias", "qk_norm", "tie_embeddings")
     diff = [f"{f}={getattr(loaded, f)} (preset {getattr(preset, f)})" for f in fields
             if getattr(loaded, f) != getattr(preset, f)]
     if diff:
@@ -329,6 +340,7 @@ def run(config: RunConfig, resume: bool = False, command: str = "", overwrite: b
         check_run_outputs(config, resume, overwrite, allow_changed_settings)
         mesh = make_mesh(config.mesh)
         model = load_base_model(config.model, mesh)
+        check_window(model.config, config.data.seq_len, config.train.num_lookahead)
         train_data, eval_data = load_splits(config.data, model.tokenizer)
         return train(config, model, mesh, train_data, eval_data, resume=resume, command=command,
                      overwrite=overwrite)

@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 from tqdm.auto import tqdm
 
+from .. import families
 from ..config import LlamaConfig
 from ..defaults import DEFAULT_MODEL
 from ..errors import PassJaxError
@@ -42,6 +43,7 @@ class LoadedModel:
     tokenizer: Any
     source: str
     identity: str | None = None  # DEFAULT_MODEL for the bundled model (its shipped look-ahead vectors apply)
+    stop_ids: tuple[int, ...] = ()  # end-of-turn tokens besides the tokenizer's EOS (`families.hf_stop_ids`)
 
 
 def default_dtype() -> str:
@@ -76,7 +78,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     path = any_path(text)
     if not path.exists():
         raise LoadError(f"model {text!r} not found: give {DEFAULT_MODEL!r}, a .gguf file, a Hugging Face "
-                        "LLaMA directory, or a directory written by `pass-jax convert`")
+                        "model directory (Llama, Mistral, Qwen2, Qwen3), or a directory written by `pass-jax convert`")
     return path
 
 
@@ -94,13 +96,18 @@ def weight_table(config: LlamaConfig) -> list[WeightRow]:
             WeightRow(("final_norm", "scale"), "model.norm.weight", "output_norm.weight", "copy")]
     if not config.tie_embeddings:
         rows.append(WeightRow(("lm_head",), "lm_head.weight", "output.weight", "transpose"))
+    # llama.cpp permutes the Q/K rows of `llama` GGUFs (Llama, Mistral) only, not qwen2/qwen3's.
+    q, k = ("q", "k") if families.gguf_permutes_qk(config) else ("transpose", "transpose")
     for i in range(config.num_layers):
         hf, gg, ours = f"model.layers.{i}.", f"blk.{i}.", f"layer_{i}"
+        # the family's extra per-layer tensors (Qwen2's q/k/v biases, Qwen3's q/k norms), copied as stored
+        rows += [WeightRow(families.extra_param_path(i, extra), hf + extra.hf, gg + extra.gguf, "copy")
+                 for extra in families.extra_rows(config)]
         rows += [WeightRow(*row) for row in [
             ((ours, "attn_norm", "scale"), hf + "input_layernorm.weight", gg + "attn_norm.weight", "copy"),
             ((ours, "mlp_norm", "scale"), hf + "post_attention_layernorm.weight", gg + "ffn_norm.weight", "copy"),
-            ((ours, "attention", "wq"), hf + "self_attn.q_proj.weight", gg + "attn_q.weight", "q"),
-            ((ours, "attention", "wk"), hf + "self_attn.k_proj.weight", gg + "attn_k.weight", "k"),
+            ((ours, "attention", "wq"), hf + "self_attn.q_proj.weight", gg + "attn_q.weight", q),
+            ((ours, "attention", "wk"), hf + "self_attn.k_proj.weight", gg + "attn_k.weight", k),
             ((ours, "attention", "wv"), hf + "self_attn.v_proj.weight", gg + "attn_v.weight", "transpose"),
             ((ours, "attention", "wo"), hf + "self_attn.o_proj.weight", gg + "attn_output.weight", "transpose"),
             ((ours, "mlp", "w_gate"), hf + "mlp.gate_proj.weight", gg + "ffn_gate.weight", "transpose"),

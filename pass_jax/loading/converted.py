@@ -49,7 +49,7 @@ def save_converted(model: LoadedModel, dst: str | os.PathLike, overwrite: bool =
                     (tmp / "tokenizer" / file.name).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / "tokenizer" / file.name).write_bytes(file.read_bytes())
             meta = {"format": PASS_JAX_FORMAT, "config": config_lib.to_dict(model.config), "source": model.source,
-                    "identity": model.identity,
+                    "identity": model.identity, "stop_ids": list(model.stop_ids),
                     # what load_converted checks is there: a lost chat_template.jinja would silently
                     # turn chat prompts into raw continuation
                     "tokenizer_files": sorted(file.name for file in (tmp / "tokenizer").iterdir())}
@@ -85,5 +85,5 @@ def load_converted(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         for file in (path / "tokenizer").iterdir():
             (Path(local) / file.name).write_bytes(file.read_bytes())
         tokenizer = hf_tokenizer(local, shown=path / "tokenizer")
-    return LoadedModel(config, params, tokenizer, str(path), meta.get("identity"))
+    return LoadedModel(config, params, tokenizer, str(path), meta.get("identity"), tuple(meta.get("stop_ids", ())))
 

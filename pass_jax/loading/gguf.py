@@ -1,5 +1,6 @@
-"""GGUF files: metadata -> `LlamaConfig`, tensors dequantized to float32 with llama.cpp's Q/K row
-permutation (interleaved RoPE) undone, the tokenizer from the metadata (`tokenizers.gguf_tokenizer`).
+"""GGUF files (architectures llama, qwen2, qwen3: `families.py`): metadata -> `LlamaConfig`, tensors
+dequantized to float32 with llama.cpp's Q/K row permutation (interleaved RoPE) undone where it applies
+(llama only), the tokenizer from the metadata (`tokenizers.gguf_tokenizer`).
 
 A load goes through the float32 cache (`model_cache`) when it holds this file, and fills it when not.
 """
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 
 from .. import config as config_lib
+from .. import families
 from ..config import LlamaConfig
 from ..defaults import DEFAULT_MODEL
 from ..sharding import make_mesh
@@ -29,34 +31,27 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_to_config(reader, path: Path | str = "the GGUF file", **overrides) -> LlamaConfig:
+    """`LlamaConfig` of a GGUF file of a supported architecture (`families.gguf_config_values`); Llama-3
+    RoPE scaling comes from llama.cpp's `rope_freqs.weight` divisors."""
+    tensors = {t.name: t for t in reader.tensors}
+    try:
+        values = families.gguf_config_values(_field_reader(reader), tensors, str(path))
+        if "rope_freqs.weight" in tensors:
+            values["rope_scaling"] = families.rope_scaling_from_factors(
+                np.asarray(tensors["rope_freqs.weight"].data, np.float32), values["rope_theta"], values["head_dim"],
+                str(path))
+    except families.FamilyError as err:
+        raise LoadError(str(err)) from None
+    values.update(dtype=default_dtype(), param_dtype=default_dtype())
+    values.update(overrides)
+    return config_lib.from_dict(values)
+
+
+def _field_reader(reader):
     def field(key, default=None):
         f = reader.fields.get(key)
         return default if f is None else f.contents()
-
-    arch = field("general.architecture")
-    if arch != "llama":
-        raise LoadError(f"unsupported GGUF architecture {arch!r}: pass-jax loads 'llama'")
-    tensors = {t.name: t for t in reader.tensors}
-    if "token_embd.weight" not in tensors:
-        raise LoadError(f"{path}: tensor 'token_embd.weight' (the token embedding) is missing")
-    embd = tensors["token_embd.weight"]
-    hidden = int(field("llama.embedding_length"))
-    heads = int(field("llama.attention.head_count"))
-    values = dict(
-        vocab_size=int(field("llama.vocab_size", int(embd.shape[-1]))), hidden_size=hidden,
-        num_layers=int(field("llama.block_count")), num_heads=heads,
-        num_kv_heads=int(field("llama.attention.head_count_kv", heads)),
-        intermediate_size=int(field("llama.feed_forward_length")),
-        head_dim=int(field("llama.rope.dimension_count", hidden // heads)),
-        rope_theta=float(field("llama.rope.freq_base", 10000.0)),
-        rms_eps=float(np.float32(field("llama.attention.layer_norm_rms_epsilon", 1e-6)).item()),
-        tie_embeddings="output.weight" not in tensors,
-        max_seq_len=int(field("llama.context_length", 2048)),
-        dtype=default_dtype(), param_dtype=default_dtype())
-    # float32 eps from GGUF (9.99999975e-06) is meant as 1e-5.
-    values["rms_eps"] = float(f"{values['rms_eps']:.6g}")
-    values.update(overrides)
-    return config_lib.from_dict(values)
+    return field
 
 
 def read_gguf(path: Path):
@@ -112,7 +107,8 @@ def load_gguf(path: Path, mesh=None, **config_overrides) -> LoadedModel:
         params = build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
         name = reader.fields.get("general.name")
         identity = DEFAULT_MODEL if name is not None and name.contents() == BUNDLED_GGUF_NAME else None
-        model = LoadedModel(config, params, gguf_tokenizer(path, reader), str(path), identity)
+        model = LoadedModel(config, params, gguf_tokenizer(path, reader), str(path), identity,
+                            families.gguf_stop_ids(_field_reader(reader)))
         writer.finish(model, gguf_to_config(reader, path))
     return model
 

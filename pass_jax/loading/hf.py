@@ -1,10 +1,12 @@
-"""Hugging Face LLaMA directories: `config.json` -> `LlamaConfig`, `*.safetensors` streamed per tensor
-(each device reads only its slice) straight onto its sharding, the tokenizer beside them."""
+"""Hugging Face directories of the supported families (`families.py`: Llama, Mistral, Qwen2, Qwen3):
+`config.json` -> `LlamaConfig`, `*.safetensors` streamed per tensor (each device reads only its slice)
+straight onto its sharding, the tokenizer beside them."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import config as config_lib
+from .. import families
 from ..config import LlamaConfig
 from ..errors import root_reason
 from ..sharding import make_mesh
@@ -13,28 +15,12 @@ from .tokenizers import hf_tokenizer
 
 
 def hf_to_config(hf, **overrides) -> LlamaConfig:
-    if getattr(hf, "model_type", None) != "llama":
-        raise LoadError(f"unsupported architecture {getattr(hf, 'model_type', None)!r}: pass-jax loads LLaMA-family "
-                        "checkpoints (model_type 'llama')")
-    if getattr(hf, "hidden_act", "silu") != "silu":
-        raise LoadError(f"unsupported activation {hf.hidden_act!r}: LLaMA uses silu")
-    if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
-        raise LoadError("unsupported attention_bias/mlp_bias: pass-jax's LLaMA has no bias terms")
-    rope = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
-    theta = rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    scaling = None
-    if rope_type == "llama3":
-        scaling = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                        "original_max_position_embeddings")}
-    elif rope_type not in ("default", None):
-        raise LoadError(f"unsupported rope scaling {rope_type!r}: pass-jax supports default and llama3")
-    values = dict(
-        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
-        num_heads=hf.num_attention_heads, num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
-        intermediate_size=hf.intermediate_size, head_dim=getattr(hf, "head_dim", None), rope_theta=float(theta),
-        rope_scaling=scaling, rms_eps=hf.rms_norm_eps, tie_embeddings=bool(hf.tie_word_embeddings),
-        max_seq_len=hf.max_position_embeddings, dtype=default_dtype(), param_dtype=default_dtype())
+    """`LlamaConfig` of a transformers config of a supported family (`families.hf_config_values`)."""
+    try:
+        values = families.hf_config_values(hf)
+    except families.FamilyError as err:
+        raise LoadError(str(err)) from None
+    values.update(dtype=default_dtype(), param_dtype=default_dtype())
     values.update(overrides)
     return config_lib.from_dict(values)
 
@@ -84,5 +70,5 @@ def load_hf_directory(path: Path, mesh=None, **config_overrides) -> LoadedModel:
             return place(shape_dtype, sharding, read_slice=lambda idx: tensor[idx[::-1]].T)
 
     params = build_params(config, mesh or make_mesh(), fetch, f"loading {path.name}")
-    return LoadedModel(config, params, hf_tokenizer(path), str(path))
+    return LoadedModel(config, params, hf_tokenizer(path), str(path), stop_ids=families.hf_stop_ids(path))
 

@@ -81,7 +81,7 @@ def load_cache_entry(entry: Path, path: Path, mesh=None, **config_overrides) -> 
             raise DamagedCache(f"params/{name}.npy does not match the SHA-256 written with it")
     # The class itself, not AutoTokenizer, which takes seconds longer to resolve it.
     tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(entry / "tokenizer")
-    return LoadedModel(config, params, tokenizer, str(path), meta["identity"])
+    return LoadedModel(config, params, tokenizer, str(path), meta["identity"], tuple(meta.get("stop_ids", ())))
 
 
 class CacheWriter:
@@ -162,7 +162,8 @@ class CacheWriter:
         try:
             model.tokenizer.save_pretrained(self.tmp / "tokenizer")
             meta = {"format": MODEL_CACHE_FORMAT, "source": model.source, "identity": model.identity,
-                    "config": config_lib.to_dict(config), "sha256": self.digests}
+                    "config": config_lib.to_dict(config), "sha256": self.digests,
+                    "stop_ids": list(model.stop_ids)}
             (self.tmp / "pass_jax.json").write_text(json.dumps(meta, indent=1))
             try:
                 self.tmp.rename(self.entry)
