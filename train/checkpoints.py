@@ -122,8 +122,11 @@ def save_checkpoint(manager, step: int, state: dict, data: PackedDataset, t: Tra
     except BaseException:  # a full disk, Ctrl-C: the last complete checkpoint stays the one to resume
         directory = str(manager.directory)
         if jax.process_index() == 0 and "://" not in directory:  # local: gs:// has no partial directories
-            for partial in Path(directory).glob(f"{step}.orbax-checkpoint-tmp*"):
-                outputs.remove(partial)
+            # Orbax may have renamed the step's directory into place before the failure (seen on a full tmpfs):
+            # a save that raised is never complete, whatever its directory is called.
+            for partial in [*Path(directory).glob(f"{step}.orbax-checkpoint-tmp*"), Path(directory) / str(step)]:
+                if partial.exists():
+                    outputs.remove(partial)
         raise
 
 
