@@ -12,13 +12,17 @@ SP_WORDS = ("the quick brown fox jumps over a lazy dog while parallel speculativ
             "cache mesh shard tensor data batch prompt greedy").split()
 
 # The quick tier, `pytest -m "not slow"`: the full suite less the tests below, each of which took more than
-# 12 s a case in a full run on the 2-core machine while it was shared (about 4 s idle; tests/README-free:
-# `pytest --durations=0` measures them). Names without parameters; a test not listed is quick.
+# about 6 s a case on an idle 2-core machine (12 s while it was shared); `pytest --durations=0` measures
+# them. Names without parameters; a test not listed is quick.
 SLOW = frozenset({
     "test_autotune.py::test_generate_auto_picks_a_setting_or_ar",
+    "test_autotune.py::test_timed_ratio_runs_the_real_loops",
     "test_bench.py::test_auto_row_is_the_best_predicted_setting",
+    "test_bench.py::test_ratios_match_own_tokens_per_s",
     "test_bench.py::test_report_has_every_method_and_field",
     "test_cli.py::test_ar_and_pass_agree_through_cli",
+    "test_cli.py::test_generate_json_output",
+    "test_decoding.py::test_chunked_streamed_run_equals_the_one_shot_run_sampled",
     "test_decoding.py::test_greedy_eos_and_budget_cut_where_ar_does",
     "test_decoding.py::test_greedy_eos_at_first_token_beside_a_row_to_the_budget",
     "test_decoding.py::test_greedy_pass_accepts_good_drafts",
@@ -28,6 +32,10 @@ SLOW = frozenset({
     "test_decoding.py::test_sampled_pass_matches_exact_law",
     "test_decoding.py::test_sampled_test_rejects_lossy_rules",
     "test_decoding.py::test_stop_ids_end_a_row_at_that_token",
+    "test_families.py::test_family_parity",
+    "test_faults.py::test_ctrl_c_stops_generate_within_seconds",
+    "test_faults.py::test_damaged_model_cache_is_found_and_rebuilt",
+    "test_faults.py::test_stream_into_a_closed_pipe_is_quiet",
     "test_gguf_tokenizer.py::test_bundled_gguf_tokenizer_without_torch_equals_transformers",
     "test_gguf_tokenizer.py::test_load_model_and_converted_tokenizers_without_torch",
     "test_guards.py::test_nan_in_stale_cache_slots_changes_no_token",
@@ -70,6 +78,15 @@ def tiny():
 
     config = load_preset("tiny")
     return config, jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))  # jit: 2x faster than eager
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A directory of eight short text files: a user's training corpus."""
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(8):
+        (root / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * 20)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,6 @@ from test_outputs import kill_when_paused
 FAST = ["train.eval_batches=1", "train.eval_sequences=0", "train.eval_anchors_per_seq=0"]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for i in range(8):
-        (root / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * 20)
-    return root
-
-
 def train_argv(corpus, run_dir, *overrides):
     return ["train", "--config", "tiny_overfit", f"data.source={corpus}", "data.max_documents=null",
             "train.steps=2", *FAST, f"output.dir={run_dir}", *overrides]
