@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from .iteration import _check_tree
+from .iteration import _check_tree, tree_nodes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class DraftTree:
     @property
     def num_nodes(self) -> int:
         """Draft nodes, without the root."""
-        return int(sum(np.cumprod(self.branching)))
+        return tree_nodes(self.branching)
 
     @functools.cached_property
     def _tables(self):
