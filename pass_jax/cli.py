@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 
 from .cli_args import (add_iteration_args, add_model_arg, add_sampling_args, enable_compilation_cache,
                        iteration_from_args, log, read_lookahead_arg, read_prompts, sampling_from_args, seed_arg)
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
         print(f"pass-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # Orbax's writes cut off by Ctrl-C leave coroutines never awaited; Python would warn at exit.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `pass-jax generate ... | head`: the reader is gone, as for any Unix tool
