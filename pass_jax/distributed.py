@@ -157,3 +157,16 @@ def gather_to_host(tree: Any) -> Any:
         return jax.tree.map(np.asarray, jax.device_get(tree))
     from jax.experimental import multihost_utils
     return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
+
+
+def agree(value: int) -> int:
+    """Process 0's `value` on every process (a collective in a multi-process run; identity otherwise).
+
+    For host-side choices that every process must make alike, such as how many loop iterations the next
+    call runs: processes that ran the jitted loop for different counts would wait on each other's
+    collectives for ever.
+    """
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

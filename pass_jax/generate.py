@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
 from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit
-from .distributed import gather_to_host, global_array_from_local, process_local_batch, replicate
+from .distributed import agree, gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .iteration import Iteration
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
@@ -308,7 +308,8 @@ class Generator:
             state = steps(self.model.params, lookahead, state, lengths, np.int32(chunk))
             jax.block_until_ready(state.lengths)
             per_step = (time.perf_counter() - tick) / chunk
-            chunk = max(1, min(4 * chunk, int(CHUNK_INTERVAL_S / per_step)))  # grow at most 4x per read
+            # Grow at most 4x per read; from a clock, so each process would choose its own: use process 0's.
+            chunk = agree(max(1, min(4 * chunk, int(CHUNK_INTERVAL_S / per_step))))
         jax.block_until_ready(state.tokens)
         wall = time.perf_counter() - start
         return gather_to_host(state._replace(cache=None, key=None)), wall

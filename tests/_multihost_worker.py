@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from pass_jax.config import load_preset  # noqa: E402
 from pass_jax.decoding import DecodeSpec, decode_jit  # noqa: E402
 from pass_jax.iteration import Iteration  # noqa: E402
+from pass_jax import generate as generate_module  # noqa: E402
 from pass_jax.generate import Generator  # noqa: E402
 from pass_jax.loading import LoadedModel  # noqa: E402
 from pass_jax.lookahead import init_random  # noqa: E402
@@ -89,6 +90,9 @@ class _NoTokenizer:
 
 
 # (a') the same generation through the user-facing Generator: process-local rows in, gathered rows out
+# Each process times its own chunks; make their clocks disagree outright (process 1 would keep chunks of
+# one iteration) so that a chunk length not agreed across processes would hang the loop's collectives.
+generate_module.CHUNK_INTERVAL_S = 100.0 if jax.process_index() == 0 else 1e-9
 generator = Generator(LoadedModel(config, params, _NoTokenizer(), "random"), mode="pass", num_lookahead=L,
                       lookahead=gather_to_host(lookahead), max_new_tokens=NEW, sampling=GREEDY, batch_size=BATCH,
                       mesh=mesh)
