@@ -27,8 +27,9 @@ from .iteration import Iteration
 # Narrow trees first: on a CPU, widths 2-5 cost 1.2-1.4 ar calls and wide ones 2-3 (docs/BENCHMARKS.md).
 CANDIDATE_TREES = ((2,), (3,), (2, 1), (3, 1), (2, 2), (3, 1, 1), (4, 1, 1), (3, 2, 1), (4, 2), (4, 2, 1, 1))
 MAX_AUTO_L = 8
-# Wider calls never won on the project's CPU, and each shape costs a compilation when tuning.
-MAX_WIDTH = 16
+# On a CPU a call of width 2-5 costs 1.2-1.5 ar calls and wider ones 1.5-3 (docs/BENCHMARKS.md), which no
+# measured acceptance repaid, and each shape costs a compilation when tuning: there, only narrow calls.
+CPU_MAX_WIDTH = 5
 # Predictions leave out the loop's own work, so the best few are timed as real decode loops.
 TIMED_CANDIDATES = 2
 
@@ -214,7 +215,10 @@ def pick(model, lookahead, sampling, batch_size: int = 1, prompt_ids: Sequence[i
     if acceptance is None:
         raise AutotuneError("-L auto needs the look-ahead parameters' measured acceptance (an \"acceptance\" entry in "
                             "their JSON metadata, written by `pass-jax train eval --write-metadata`); give -L N instead")
-    candidates = [c for c in candidate_iterations(max_width=MAX_WIDTH) if predictable(c, acceptance)]
+    import jax
+
+    max_width = CPU_MAX_WIDTH if jax.default_backend() == "cpu" else None
+    candidates = [c for c in candidate_iterations(max_width=max_width) if predictable(c, acceptance)]
     costs = {} if costs is None else costs
     missing = {shape for c in candidates for shape in c.call_shapes()} - set(costs)
     if missing:

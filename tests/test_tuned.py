@@ -117,8 +117,8 @@ def test_parameters_without_acceptance_decode_with_ar(setup):
 
 
 def test_candidates_include_narrow_calls_and_respect_the_width_cap():
-    found = autotune.candidate_iterations(max_width=autotune.MAX_WIDTH)
-    assert all(it.width <= autotune.MAX_WIDTH for it in found)
+    found = autotune.candidate_iterations(max_width=autotune.CPU_MAX_WIDTH)
+    assert all(it.width <= autotune.CPU_MAX_WIDTH for it in found)
     # width 2-5: L=1 one call (4), and two calls with a 2- or 3-candidate first draft (2 then 3 or 4)
     for narrow in (Iteration(1, (1,)), Iteration(2, (2,)), Iteration(2, (3,)), Iteration(2, (1, 1))):
         assert narrow in found and narrow.width <= 5, narrow
