@@ -25,7 +25,7 @@ from .iteration import Iteration
 VERSION = 1
 # What a tuning costs on the project's 2-core CPU with SmolLM2-135M (measured: docs/BENCHMARKS.md), for
 # the line that announces it; other machines take what they take.
-TUNING_ESTIMATE_S = 120
+TUNING_ESTIMATE_S = 60
 
 
 @dataclasses.dataclass(frozen=True)
