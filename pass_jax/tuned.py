@@ -22,7 +22,9 @@ import numpy as np
 from .defaults import cache_dir
 from .iteration import Iteration
 
-VERSION = 1
+# Part of every profile's key: bump it when a change makes some decode loop faster or slower (2: PaSS
+# sampling among the top-k tokens), so that profiles timed on the old loop are tuned again.
+VERSION = 2
 # What a tuning costs on the project's 2-core CPU with SmolLM2-135M (measured: docs/BENCHMARKS.md), for
 # the line that announces it; other machines take what they take.
 TUNING_ESTIMATE_S = 60
@@ -62,8 +64,10 @@ def profile_key(model, lookahead, sampling, batch_size: int) -> dict[str, Any]:
     device = jax.devices()[0]
     config = json.dumps(dataclasses.asdict(model.config), sort_keys=True, default=str).encode()
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(lookahead.params)]
+    from . import __version__
+
     return {
-        "version": VERSION,
+        "version": f"{__version__}/{VERSION}",
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,
         "devices": jax.device_count(),
