@@ -160,6 +160,7 @@ def _tuned(args, model, lookahead, sampling, chat, first_prompt: str):
     from .iteration import DEFAULT_ITERATION, Iteration
 
     asked_auto, asked_pass = args.num_lookahead == "auto", args.mode == "pass"
+    lookahead.prepare(model.config, 1)  # refuse unusable parameters (wrong width, NaN) even where ar is chosen
     if not asked_auto and autotune.acceptance_table(lookahead.metadata, sampling.greedy) is None:
         fallback = DEFAULT_ITERATION if asked_pass else Iteration.AR
         log(f"decoding with {fallback.label()}: the look-ahead parameters ({lookahead.source}) carry no measured "
