@@ -58,7 +58,8 @@ def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = 
 def iteration_from_args(args, mode: str | None = "pass", auto: bool = False):
     """The `Iteration` that --mode, -L, --calls and --draft-tree name (the defaults apply in
     `Iteration.from_options`, once), checked before a model is loaded. With `auto` (generate), "auto"
-    for `-L auto` and where none of them is given (mode None): the tuned default."""
+    for `-L auto` and where no -L, --calls or --draft-tree is given and --mode is not ar: the tuned
+    default (`cli._tuned`; --mode pass then takes its fastest PaSS setting)."""
     from .iteration import Iteration
 
     if auto and mode != "ar":
