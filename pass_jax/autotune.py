@@ -22,19 +22,27 @@ from typing import Any, Iterable, Sequence
 from .errors import PassJaxError
 from .iteration import Iteration
 
-# Candidate trees beside the chains; each is a tree's branching (its length is L).
-CANDIDATE_TREES = ((2, 1), (3, 1), (2, 2), (3, 1, 1), (4, 1, 1), (3, 2, 1), (4, 2), (4, 2, 1, 1))
+# The candidates, in one place (`candidate_iterations`): the chains up to MAX_AUTO_L and these trees
+# (each a tree's branching, its length L), with one or two calls, no call wider than MAX_WIDTH inputs.
+# Narrow trees first: on a CPU, widths 2-5 cost 1.2-1.4 ar calls and wide ones 2-3 (docs/BENCHMARKS.md).
+CANDIDATE_TREES = ((2,), (3,), (2, 1), (3, 1), (2, 2), (3, 1, 1), (4, 1, 1), (3, 2, 1), (4, 2), (4, 2, 1, 1))
 MAX_AUTO_L = 8
+# On a CPU a call of width 2-5 costs 1.2-1.5 ar calls and wider ones 1.5-3 (docs/BENCHMARKS.md), which no
+# measured acceptance repaid, and each shape costs a compilation when tuning: there, only narrow calls.
+CPU_MAX_WIDTH = 5
+# Predictions leave out the loop's own work, so the best few are timed as real decode loops.
+TIMED_CANDIDATES = 2
 
 
 class AutotuneError(PassJaxError):
     """`-L auto` cannot predict for these look-ahead parameters."""
 
 
-def candidate_iterations(max_lookahead: int = MAX_AUTO_L, calls: Iterable[int] = (1, 2)) -> list[Iteration]:
+def candidate_iterations(max_lookahead: int = MAX_AUTO_L, calls: Iterable[int] = (1, 2),
+                         max_width: int | None = None) -> list[Iteration]:
     shapes = [(1,) * n for n in range(1, max_lookahead + 1)]
     shapes += [t for t in CANDIDATE_TREES if len(t) <= max_lookahead]
-    return [Iteration(c, t) for c in calls for t in shapes]
+    return [it for it in (Iteration(c, t) for c in calls for t in shapes) if max_width is None or it.width <= max_width]
 
 
 def expected_accepted(acceptance: dict[str, list[float | None]], tree: Sequence[int]) -> float:
@@ -176,11 +184,11 @@ def timed_ratio(model, iteration: Iteration, lookahead, sampling, batch_size: in
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Pick:
-    """What `-L auto` concluded: `iteration` is what to decode with (`best`, or `Iteration.AR` when ar
+    """What the tuning concluded: `iteration` is what to decode with (`best`, or `Iteration.AR` when ar
     is predicted or timed faster)."""
 
     iteration: Iteration
-    best: Iteration                   # the best predicted PaSS iteration
+    best: Iteration                   # the best PaSS iteration (by timed loop when timed, else predicted)
     prediction: dict[str, float]      # its `predict` row
     timed_ratio: float | None         # its timed decode loop against ar's (None: the prediction chose ar)
     rows: list                        # every predictable (iteration, prediction), best first
@@ -198,25 +206,33 @@ class Pick:
 
 def pick(model, lookahead, sampling, batch_size: int = 1, prompt_ids: Sequence[int] | None = None,
          costs: dict[tuple[int, int], float] | None = None, log=lambda message: None) -> Pick:
-    """`-L auto` on the running backend, for `generate` and `bench` alike: predict every candidate
-    iteration from `lookahead.metadata`'s acceptance (a `lookahead.Resolved`) and this backend's call
-    costs (timed here; `costs`, if given, holds shapes timed already and gets the new ones), then time
-    the best one's decode loop against ar's on `prompt_ids` unless the prediction already says ar."""
+    """The one chooser (`generate`'s tuned default and `-L auto`, `bench`'s auto row): predict every
+    candidate iteration from `lookahead.metadata`'s acceptance (a `lookahead.Resolved`) and this
+    backend's call costs (timed here; `costs`, if given, holds shapes timed already and gets the new
+    ones), then time the decode loops of the TIMED_CANDIDATES best predictions above 1.0x against ar's
+    on `prompt_ids` and keep the fastest, or ar when none beats it."""
     acceptance = acceptance_table(lookahead.metadata, sampling.greedy)
     if acceptance is None:
         raise AutotuneError("-L auto needs the look-ahead parameters' measured acceptance (an \"acceptance\" entry in "
                             "their JSON metadata, written by `pass-jax train eval --write-metadata`); give -L N instead")
-    candidates = [c for c in candidate_iterations() if predictable(c, acceptance)]
+    import jax
+
+    max_width = CPU_MAX_WIDTH if jax.default_backend() == "cpu" else None
+    candidates = [c for c in candidate_iterations(max_width=max_width) if predictable(c, acceptance)]
     costs = {} if costs is None else costs
     missing = {shape for c in candidates for shape in c.call_shapes()} - set(costs)
     if missing:
-        log("-L auto: timing one decode call per candidate shape on this backend ...")
+        log(f"autotune: timing one decode call per candidate shape ({len(missing)}) on this backend ...")
         costs.update(measure_call_costs(model, missing, batch_size))
     rows = choose(candidates, acceptance, relative(costs))
-    best, prediction = rows[0]
-    if prediction["ratio_vs_ar"] <= 1.0:
-        return Pick(Iteration.AR, best, prediction, None, rows, costs)
-    log(f"-L auto: {best.label()}, predicted {prediction['ratio_vs_ar']:.2f}x ar from call costs; timing its decode "
-        "loop against ar's on the first prompt ...")
-    timed = timed_ratio(model, best, lookahead, sampling, batch_size, prompt_ids=prompt_ids)
-    return Pick(best if timed > 1.0 else Iteration.AR, best, prediction, timed, rows, costs)
+    promising = [row for row in rows[:TIMED_CANDIDATES] if row[1]["ratio_vs_ar"] > 1.0]
+    if not promising:
+        return Pick(Iteration.AR, *rows[0], None, rows, costs)
+    timed = []
+    for iteration, prediction in promising:
+        log(f"autotune: {iteration.label()}, predicted {prediction['ratio_vs_ar']:.2f}x ar from call costs; timing "
+            "its decode loop against ar's on the first prompt ...")
+        timed.append((timed_ratio(model, iteration, lookahead, sampling, batch_size, prompt_ids=prompt_ids),
+                      iteration, prediction))
+    ratio, best, prediction = max(timed, key=lambda t: t[0])
+    return Pick(best if ratio > 1.0 else Iteration.AR, best, prediction, ratio, rows, costs)

@@ -16,12 +16,14 @@ from .cli_args import (add_iteration_args, add_model_arg, add_sampling_args, ena
 from .defaults import DEFAULT_MODEL, MODES
 from .errors import PassJaxError
 
-AUTO_HELP = ("auto times this machine's decode calls and picks the (calls, L, tree) its look-ahead parameters' "
-             "measured acceptance predicts fastest, times that iteration's decode loop against ar's on your first "
-             "prompt, and decodes with the faster (saying so when it is ar)")
+AUTO_HELP = ("auto (also what no --mode, -L, --calls or --draft-tree means) decodes with the setting tuned for this "
+             "machine, model, look-ahead parameters and sampling: tuned once (call costs, the parameters' measured "
+             "acceptance, then the best settings' decode loops timed against ar's on your first prompt) and stored "
+             "in the pass-jax cache; ar when no PaSS setting beats ar (said so). --mode pass alone: the fastest PaSS "
+             "setting")
 
 EPILOG_GENERATE = """examples:
-  pass-jax generate --prompt "The capital of France is"
+  pass-jax generate --prompt "The capital of France is"   # the setting tuned for this machine (tuned once)
   pass-jax generate --prompt "def fibonacci(n):" --calls 2 -L 6 --temperature 0.8 --top-k 10   # the paper's iteration
   pass-jax generate --prompt "def fibonacci(n):" --draft-tree 6,2 --temperature 0   # wider first-draft tree
   pass-jax generate --prompts prompts.jsonl --batch-size 4 --json > out.jsonl
@@ -79,7 +81,7 @@ def cmd_generate(args) -> int:
     # Reject bad settings before spending seconds on loading the model.
     prompts = read_prompts(args.prompt, args.prompts)
     sampling = sampling_from_args(args)
-    iteration = iteration_from_args(args, args.mode, auto=True)  # an Iteration, or "auto"
+    iteration = iteration_from_args(args, args.mode, auto=True)  # an Iteration, or "auto" (tuned)
     check_budget(args.max_new_tokens)
     if args.batch_size < 1:
         raise PassJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -94,7 +96,7 @@ def cmd_generate(args) -> int:
     if context is not None and args.max_new_tokens >= context:
         raise PassJaxError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens "
                            f"(no room for a prompt): give at most {context - 1}, less the prompt's length")
-    found = read_lookahead_arg(args.lookahead) if args.mode == "pass" else None  # a PATH, read once
+    found = read_lookahead_arg(args.lookahead) if args.mode != "ar" else None  # a PATH, read once
     chat = "auto" if args.chat is None else args.chat
     enable_compilation_cache()
     log(f"loading {args.model} ...")
@@ -102,18 +104,11 @@ def cmd_generate(args) -> int:
     model = load_model(args.model)
     load_s = time.perf_counter() - start
     lookahead = None
-    if args.mode == "pass":
+    if args.mode != "ar":
         lookahead = generate_lib.resolve_lookahead(model, args.lookahead, found=found, num_lookahead=(
             None if iteration == "auto" else iteration.num_lookahead))
     if iteration == "auto":
-        from . import autotune
-
-        # the loop check decodes the first prompt as this command will (chat template included)
-        first_ids = generate_lib.Generator(model, Iteration.AR, max_new_tokens=args.max_new_tokens,
-                                           sampling=sampling, chat=chat, system=args.system).encode(prompts[0])
-        chosen = autotune.pick(model, lookahead, sampling, args.batch_size, first_ids, log=log)
-        log(f"-L auto: {chosen.summary()}")
-        iteration = chosen.iteration
+        iteration = _tuned(args, model, lookahead, sampling, chat, prompts[0])
     generator = generate_lib.Generator(model, iteration, lookahead=lookahead, max_new_tokens=args.max_new_tokens,
                                        sampling=sampling, batch_size=args.batch_size, chat=chat, system=args.system)
     if generator.chat:
@@ -155,6 +150,36 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _tuned(args, model, lookahead, sampling, chat, first_prompt: str):
+    """The iteration of `-L auto` and of no --mode/-L/--calls/--draft-tree: the profile tuned for this
+    machine (`tuned.tuned_iteration`), one line saying which; `--mode pass` alone takes its fastest PaSS
+    setting. Parameters without acceptance metadata cannot be tuned: `-L auto` refuses, the default says
+    so and decodes with ar (plain `--mode pass` with the fixed default iteration)."""
+    from . import autotune, tuned
+    from .generate import Generator
+    from .iteration import DEFAULT_ITERATION, Iteration
+
+    asked_auto, asked_pass = args.num_lookahead == "auto", args.mode == "pass"
+    lookahead.prepare(model.config, 1)  # refuse unusable parameters (wrong width, NaN) even where ar is chosen
+    if not asked_auto and autotune.acceptance_table(lookahead.metadata, sampling.greedy) is None:
+        fallback = DEFAULT_ITERATION if asked_pass else Iteration.AR
+        log(f"decoding with {fallback.label()}: the look-ahead parameters ({lookahead.source}) carry no measured "
+            "acceptance to tune from (`pass-jax train eval --write-metadata`); give -L N or --draft-tree for PaSS")
+        return fallback
+    # the loop check decodes the first prompt as this command will (chat template included)
+    first_ids = Generator(model, Iteration.AR, max_new_tokens=args.max_new_tokens, sampling=sampling, chat=chat,
+                          system=args.system).encode(first_prompt)
+    profile, tuned_now = tuned.tuned_iteration(model, lookahead, sampling, args.batch_size, first_ids,
+                                               retune=args.retune, log=log)
+    if tuned_now:
+        log(f"tuning: {profile.summary}")
+    if asked_pass and not asked_auto:  # --mode pass asked for PaSS, even where ar is faster
+        log(f"decoding with PaSS {profile.best.label()}: the fastest PaSS setting on this machine (--mode pass)")
+        return profile.best
+    log(profile.line(tuned_now))
+    return profile.iteration
+
+
 def cmd_convert(args) -> int:
     from . import outputs
     from .loading import check_convert_destination, load_model, save_converted
@@ -186,7 +211,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", help="prompt text; repeat for several prompts")
     gen.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} object per line')
     add_model_arg(gen)
-    gen.add_argument("--mode", choices=MODES, default="pass", help="pass (default) or ar: plain decoding")
+    gen.add_argument("--mode", choices=MODES, default=None,
+                     help="pass or ar (plain decoding); default: the setting tuned for this machine (see -L auto), "
+                          "which is ar where no PaSS setting beats it")
+    gen.add_argument("--retune", action="store_true",
+                     help="measure this machine again for the tuned default (-L auto), replacing the stored profile")
     gen.add_argument("--lookahead", default="default", metavar="{default,text,code,none,PATH}",
                      help="look-ahead parameters: default/text (shipped, trained on Wikipedia, for the bundled "
                           "model), code (shipped, trained on Python), none (untrained), or a .npz / Orbax path")

@@ -55,14 +55,20 @@ def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = 
                             f"{tree} when -L is not given, else a chain of L)")
 
 
-def iteration_from_args(args, mode: str = "pass", auto: bool = False):
+def iteration_from_args(args, mode: str | None = "pass", auto: bool = False):
     """The `Iteration` that --mode, -L, --calls and --draft-tree name (the defaults apply in
-    `Iteration.from_options`, once), checked before a model is loaded; with `auto`, "auto" for `-L auto`."""
+    `Iteration.from_options`, once), checked before a model is loaded. With `auto` (generate), "auto"
+    for `-L auto` and where no -L, --calls or --draft-tree is given and --mode is not ar: the tuned
+    default (`cli._tuned`; --mode pass then takes its fastest PaSS setting)."""
     from .iteration import Iteration
 
-    if auto and args.num_lookahead == "auto" and mode == "pass":
-        Iteration.from_options(mode, None, args.calls, args.draft_tree)  # still check the other options
-        return "auto"
+    if auto and mode != "ar":
+        shape = (args.num_lookahead, args.calls, args.draft_tree)
+        if args.num_lookahead == "auto":
+            Iteration.from_options(mode, None, args.calls, args.draft_tree)  # still check the other options
+            return "auto"
+        if all(option is None for option in shape):
+            return "auto"
     return Iteration.from_options(mode, args.num_lookahead, args.calls, args.draft_tree)
 
 

@@ -208,7 +208,7 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
                             write_index=jnp.zeros((batch,), jnp.int32), logits_index=logits_index,
                             lookahead=lookahead_lib.forward_inputs(lookahead, la_steps) if groups else None)
     key, key_first, key_draft = jax.random.split(key, 3)
-    first = sample(key_first, probabilities(logits[:, 0], spec.sampling))
+    first = sample(key_first, probabilities(logits[:, 0], spec.sampling), spec.sampling.support)
     if groups:
         drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], it.tree, spec.sampling)
     else:
@@ -229,7 +229,7 @@ def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> De
     logits, cache = forward(params, spec.config, x_n, pending[:, None], causal_mask(pending, 1, length),
                             cache=state.cache, write_index=pending)
     key, sub = jax.random.split(state.key)
-    next_token = sample(sub, probabilities(logits[:, 0], spec.sampling))
+    next_token = sample(sub, probabilities(logits[:, 0], spec.sampling), spec.sampling.support)
     active = ~state.done
     state = _commit(state._replace(cache=cache, key=key), next_token[:, None], jnp.ones_like(pending),
                     prompt_lengths, spec)
@@ -262,7 +262,7 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
         logits, cache = forward(params, spec.config, ids, pending[:, None] + offsets,
                                 causal_mask(pending, num_l + 1, length), cache=state.cache, write_index=pending,
                                 lookahead=lookahead_lib.forward_inputs(lookahead, jnp.broadcast_to(offsets, ids.shape)))
-        root = sample(key_first, probabilities(logits[:, 0], sampling))
+        root = sample(key_first, probabilities(logits[:, 0], sampling), sampling.support)
         drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], tree, sampling)
         base, committed_root = state.lengths, root[:, None]
     else:
@@ -279,7 +279,7 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
                             lookahead=lookahead_lib.forward_inputs(lookahead, la_steps) if group_size else None)
     p = probabilities(lm_head(params, spec.config, hidden[:, :num_nodes]), sampling)
     num_accepted, path, next_token, accepted = verify(key_verify, tree, drafts, q=draft_q, p=p,
-                                                      greedy=sampling.greedy)
+                                                      greedy=sampling.greedy, support=sampling.support)
     cache = _move_accepted_kv(cache, base, path, tree)
     path_tokens = jnp.take_along_axis(jnp.concatenate([root[:, None], drafts], axis=1), path, axis=1)
     if group_size:  # the group after the last accepted node drafts the next call's tree

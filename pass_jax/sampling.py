@@ -45,6 +45,11 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def support(self) -> int | None:
+        """At most this many tokens of a processed distribution have probability > 0 (`sample`), or None."""
+        return 1 if self.greedy else self.top_k
+
 
 GREEDY = SamplingConfig(temperature=0.0, top_k=None)
 PAPER = SamplingConfig(temperature=0.8, top_k=10)  # the PaSS paper's setting
@@ -72,9 +77,19 @@ def probabilities(logits, sampling: SamplingConfig):
                               inplace=False)
 
 
-def sample(key, probs):
-    """One token per distribution; log(0) = -inf keeps excluded tokens impossible."""
-    return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+def sample(key, probs, support: int | None = None):
+    """One token per distribution; log(0) = -inf keeps excluded tokens impossible.
+
+    `support`: at most that many tokens have probability > 0 (`SamplingConfig.support`: top-k, 1 when
+    greedy, also for residuals, whose support lies inside p's). Drawing among the `support` most likely
+    tokens is then the same law at a fraction of the cost: a categorical over the whole vocabulary draws
+    one Gumbel variate per token, 3.1 ms a row against 0.15 ms for top-10 on the project's CPU (V=49152,
+    measured), once per committed token in ar and once per draft and iteration in PaSS."""
+    if support is None or support >= probs.shape[-1]:
+        return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+    values, indices = lax.top_k(probs, support)
+    choice = jax.random.categorical(key, jnp.log(values), axis=-1)
+    return jnp.take_along_axis(indices, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
 
 
 def acceptance_probability(p_draft, q_draft):
@@ -101,10 +116,10 @@ def draft_candidates(key, logits, tree, sampling: SamplingConfig):
     if sampling.greedy:
         top = lax.top_k(logits, max(tree.branching))[1]  # [B, D, K]
         return top[:, depth, tree.rank[1:]].astype(jnp.int32), q
-    return sample(key, q[:, depth]), q
+    return sample(key, q[:, depth], sampling.support), q
 
 
-def verify(key, tree, node_tokens, q, p, greedy: bool = False):
+def verify(key, tree, node_tokens, q, p, greedy: bool = False, support: int | None = None):
     """The speculative-sampling rule over a static draft tree, for one validation call.
 
     node_tokens [B, N]: the drafts at nodes 1..N; q [B, D, V]: the draft distribution per depth;
@@ -117,8 +132,8 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False):
       greedy: accept the child equal to argmax p.
     An accepted child becomes the current node (p' = p at it); when every child is rejected the walk
     stops and the next token is drawn from p' (the residual), or from p at a leaf (the bonus).
-    Returns (A [B], path [B, D]: the accepted node per depth (0 past A), next token [B],
-    accepted [B, D] flags).
+    `support`: p's at most this many nonzero tokens (`sample`). Returns (A [B], path [B, D]: the accepted
+    node per depth (0 past A), next token [B], accepted [B, D] flags).
     """
     batch = node_tokens.shape[0]
     tokens = jnp.concatenate([jnp.zeros((batch, 1), node_tokens.dtype), node_tokens], axis=1)  # by node index
@@ -150,4 +165,5 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False):
         path.append(jnp.where(walking, chosen, 0))
         flags.append(walking)
     accepted = jnp.stack(flags, axis=1)
-    return (jnp.sum(accepted, axis=1).astype(jnp.int32), jnp.stack(path, axis=1), sample(keys[-1], dist), accepted)
+    return (jnp.sum(accepted, axis=1).astype(jnp.int32), jnp.stack(path, axis=1), sample(keys[-1], dist, support),
+            accepted)

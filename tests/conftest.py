@@ -61,6 +61,9 @@ SLOW = frozenset({
     "test_train.py::test_train_step_changes_only_the_lookahead_vectors",
     "test_train.py::test_train_step_never_sorts_the_vocabulary",
     "test_train_outputs.py::test_killed_while_exporting_then_resumed",
+    "test_tuned.py::test_tuned_once_then_reused_and_explicit_options_win",
+    "test_tuned.py::test_profiles_are_per_parameters_sampling_and_machine",
+    "test_tuned.py::test_ar_when_nothing_beats_ar_and_mode_pass_takes_the_best_pass",
 })
 
 

@@ -68,6 +68,7 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
     from pass_jax import lookahead
     from pass_jax.cli import main
 
+    monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path / "cache"))
     hf_dir, _ = make_hf_llama(tmp_path / "llama")
     # calls cost 1% more per input token than ar's: a deterministic stand-in for the timer
     monkeypatch.setattr(autotune, "measure_call_costs",
@@ -88,7 +89,7 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
         path = tmp_path / f"la{rates}-{ratio}.npz"
         lookahead.save(path, vectors, {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
         code = main(["generate", "--model", str(hf_dir), "--lookahead", str(path), "-L", "auto", "--prompt", "the fox",
-                     "--max-new-tokens", "4", "--json"])
+                     "--max-new-tokens", "4", "--json", "--retune"])  # the same parameters each case: tune again
         out, err = capsys.readouterr()
         assert code == 0 and expect in err, err
         assert len(reads) == 1, reads

@@ -405,8 +405,8 @@ def _verify_with(wrap):
     """A lossy `decoding.verify`: wrap(verify's result, its arguments) -> the result."""
     real = decoding.verify
 
-    def lossy(key, tree, node_tokens, q, p, greedy=False):
-        return wrap(real, key, tree, node_tokens, q, p, greedy)
+    def lossy(key, tree, node_tokens, q, p, greedy=False, support=None):
+        return wrap(functools.partial(real, support=support), key, tree, node_tokens, q, p, greedy)
     return lossy
 
 

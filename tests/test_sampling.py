@@ -42,3 +42,21 @@ def test_greedy_is_one_hot_argmax():
 def test_bad_settings(kwargs, message):
     with pytest.raises(SamplingError, match=message):
         SamplingConfig(**kwargs)
+
+
+@pytest.mark.parametrize("support, exact", [(None, True), (3, True), (8, True), (2, False)])
+def test_sample_among_the_support_draws_the_same_law(support, exact):
+    """`sample` with `support` (drawing among the top-`support` tokens) has the law of the whole
+    distribution when at most that many tokens are possible; a support cut below them is caught."""
+    import jax.numpy as jnp
+
+    from pass_jax.sampling import sample
+
+    probs = jnp.zeros((4000, 50)).at[:, jnp.array([3, 17, 41])].set(jnp.array([0.5, 0.3, 0.2]))
+    draws = np.asarray(sample(jax.random.key(0), probs, support))
+    counts = np.bincount(draws, minlength=50)
+    expected = np.zeros(50)
+    expected[[3, 17, 41]] = np.array([0.5, 0.3, 0.2]) * len(draws)
+    outside = counts[expected == 0].sum()
+    stat = sum((counts[t] - expected[t]) ** 2 / expected[t] for t in (3, 17, 41))
+    assert (outside == 0 and stat < 2 + 6 * 2) == exact, (counts[[3, 17, 41]], outside, stat)
