@@ -64,7 +64,7 @@ def main() -> None:
                                       max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
                                       sampling=PAPER if name == "paper" else GREEDY, chat=mode == "chat")
                 _, summary = generator.generate(prompts, seed=0)
-                print(json.dumps({"domain": domain, "mode": mode, "prompts": len(prompts), "sampling": name,
+                print(json.dumps({"domain": domain, "context": mode, "prompts": len(prompts), "sampling": name,
                                   "lookahead": lookahead.source, **variant.to_json(), "width": variant.width,
                                   "tokens_per_call": summary["tokens_per_call"],
                                   "position_acceptance": summary["position_acceptance"],
