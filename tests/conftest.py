@@ -61,6 +61,10 @@ SLOW = frozenset({
     "test_train.py::test_train_step_changes_only_the_lookahead_vectors",
     "test_train.py::test_train_step_never_sorts_the_vocabulary",
     "test_train_outputs.py::test_killed_while_exporting_then_resumed",
+    "test_onpolicy.py::test_killed_data_set_resumes_to_what_an_uninterrupted_run_writes",
+    "test_onpolicy.py::test_training_sources_hold_no_held_out_document",
+    "test_onpolicy.py::test_data_command_refuses_bad_arguments_in_one_line",
+    "test_onpolicy.py::test_eval_refuses_an_empty_own_file",
 })
 
 
