@@ -112,14 +112,15 @@ def register(subparsers) -> None:
         "train", help="train PaSS look-ahead parameters (base model frozen)", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="pass-jax train --config NAME|PATH [--resume] [--print-config] [KEY=VALUE ...]\n"
-              "       pass-jax train eval --config NAME|PATH --lookahead SPEC [options]",
+              "       pass-jax train eval --config NAME|PATH --lookahead SPEC [--own FILE.jsonl] [options]\n"
+              "       pass-jax train data --domain text|code --split train|test --count N --out FILE.jsonl",
         description="Train the look-ahead parameters of PaSS on a corpus: many anchors per sequence on one "
                     "cached pass over the tokens, AdamW on the look-ahead parameters only, periodic eval, Orbax "
                     "checkpoints, and a .npz export that `pass-jax generate --lookahead PATH` reads.")
     _add_run_arguments(parser)
     parser.set_defaults(func=cmd_train, overrides=[], parser=parser)
     parser.register("action", "parsers", _OptionalSubcommand)
-    commands = parser.add_subparsers(dest="train_command", metavar="[eval | KEY=VALUE ...]")
+    commands = parser.add_subparsers(dest="train_command", metavar="[eval | data | KEY=VALUE ...]")
     evaluation = commands.add_parser(
         "eval", prog="pass-jax train eval", help="acceptance of look-ahead drafts against the blind-drafter ceiling", epilog=EPILOG_EVAL,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -146,7 +146,7 @@ def sources(domain: str, split: str, cache_dir: str | os.PathLike | None = None)
 
 
 def functions(text: str) -> Iterator[tuple[str, str, str, str]]:
-    """(name, source, signature, docstring summary) of each top-level function or method of a module
+    """(name, source, signature, docstring summary) of each function or method (nested ones too) of a module
     with 3..MAX_FUNCTION_LINES lines; none when the module does not parse."""
     try:
         tree = ast.parse(text)
