@@ -96,12 +96,13 @@ def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, num_ad
     """Convert to `kind` without changing the function: vectors become deep with zero per-layer
     vectors, deep becomes adapter with zero-output adapters (for `num_adapted` steps, default all,
     of rank `adapter_rank`); back down only when the dropped parts are all zero. Adapters of a lower
-    rank grow to `adapter_rank` with zero-output columns; a lower `adapter_rank` is refused."""
+    rank grow to `adapter_rank` with zero-output columns; a lower `adapter_rank` is refused. Adapters
+    for fewer than `num_adapted` steps (when given) grow zero-output adapters for the next steps."""
     if kind not in KINDS:
         raise LookaheadError(f"look-ahead kind must be one of {', '.join(KINDS)}, got {kind!r}")
     have = kind_of(lookahead)
     if have == kind == "adapter":
-        return _grow_rank(lookahead, adapter_rank, num_layers, key)
+        return _grow_steps(_grow_rank(lookahead, adapter_rank, num_layers, key), num_adapted, num_layers, key)
     if have == kind:
         return lookahead
     if have == "vectors":
@@ -121,6 +122,18 @@ def as_kind(lookahead, kind: str, num_layers: int, adapter_rank: int = 8, num_ad
         raise LookaheadError("deep look-ahead parameters have non-zero per-layer vectors: they cannot be used "
                              "as plain input vectors")
     return lookahead["embeds"]
+
+
+def _grow_steps(lookahead, steps: int | None, num_layers: int, key):
+    have = adapter_steps(lookahead)
+    steps = min(steps or have, lookahead["embeds"].shape[0])
+    if steps <= have:
+        return lookahead
+    down = lookahead["head_down"]
+    extra = zero_adapters(num_layers, down.shape[-2], steps - have, down.shape[-1],
+                          jax.random.key(0) if key is None else key, down.dtype)
+    return {**lookahead, **{name: jnp.concatenate([jnp.asarray(lookahead[name]), extra[name]], axis=-3)
+                            for name in ADAPTER_LEAVES}}
 
 
 def _grow_rank(lookahead, rank: int, num_layers: int, key):

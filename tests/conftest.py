@@ -64,6 +64,10 @@ SLOW = frozenset({
     "test_tuned.py::test_tuned_once_then_reused_and_explicit_options_win",
     "test_tuned.py::test_profiles_are_per_parameters_sampling_and_machine",
     "test_tuned.py::test_ar_when_nothing_beats_ar_and_mode_pass_takes_the_best_pass",
+    "test_onpolicy.py::test_killed_data_set_resumes_to_what_an_uninterrupted_run_writes",
+    "test_onpolicy.py::test_training_sources_hold_no_held_out_document",
+    "test_onpolicy.py::test_data_command_refuses_bad_arguments_in_one_line",
+    "test_onpolicy.py::test_eval_refuses_an_empty_own_file",
 })
 
 

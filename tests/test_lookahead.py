@@ -134,6 +134,26 @@ def test_adapters_grow_to_a_higher_rank_without_changing_their_function(tiny):
         lookahead_lib.as_kind(trained, "adapter", config.num_layers, 2)
 
 
+def test_adapters_grow_to_more_steps_without_changing_their_function(tiny):
+    """An init file with adapters for [LA]_1 only, trained at L=2 (train.init), gets zero-output adapters for
+    [LA]_2 (was: step 2 kept no adapter, so training could not give it one)."""
+    config, params = tiny
+    adapter = lookahead_lib.as_kind(parameters("deep", config, params), "adapter", config.num_layers, 4, 1,
+                                    key=jax.random.key(2))
+    trained = {**adapter, **{name: adapter[name] + 0.3 for name in lookahead_lib.ADAPTER_LEAVES if name.endswith("_up")}}
+    grown = lookahead_lib.as_kind(trained, "adapter", config.num_layers, 4, num_adapted=2, key=jax.random.key(5))
+    assert lookahead_lib.adapter_steps(grown) == 2 and grown["attn_up"].shape == (config.num_layers, 2, 4, 64)
+    lookahead_lib.check(grown, config)
+    assert lookahead_lib.adapter_steps(lookahead_lib.as_kind(trained, "adapter", config.num_layers, 4)) == 1
+    ids, positions, steps = jnp.array([[3, 9, 0, 0]]), jnp.array([[0, 1, 2, 3]]), jnp.array([[0, 0, 1, 2]])
+    mask = jnp.tril(jnp.ones((1, 4, 4), bool))
+    run = lambda la: forward(params, config, ids, positions, mask, lookahead=lookahead_lib.forward_inputs(la, steps))[0]  # noqa: E731
+    np.testing.assert_allclose(run(grown), run(trained), rtol=1e-6, atol=1e-6)
+    moved = {**grown, **{name: grown[name].at[..., 1, :, :].add(0.3) for name in lookahead_lib.ADAPTER_LEAVES
+                         if name.endswith("_up")}}
+    assert float(jnp.abs(run(moved)[:, 3] - run(grown)[:, 3]).max()) > 1e-3  # step 2's new adapters act
+
+
 @pytest.mark.parametrize("kind", lookahead_lib.KINDS)
 @pytest.mark.parametrize("suffix", [".npz", ""])
 def test_save_load_and_resolve_every_kind(tiny, tmp_path, kind, suffix):

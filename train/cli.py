@@ -53,9 +53,23 @@ EPILOG_EVAL = """examples:
   pass-jax train eval --config smollm2_135m_wiki --lookahead runs/x/lookahead.npz --json out.json
   pass-jax train eval --config tiny_overfit --lookahead none --sequences 4 --depth 1
 
+  pass-jax train eval --config smollm2_135m_wiki --own heldout-text.jsonl --own-mode chat   # own answers
+
 The config gives the model, the held-out split (data.*, its test split) and the decode sampling
 (train.temperature, train.top_k). --write-metadata stores the result in the parameters' JSON
-metadata; its "acceptance" entry is what `-L auto` reads."""
+metadata; its "acceptance" entry is what `-L auto` reads. With --own, the anchors lie inside the model's
+own answers of a `pass-jax train data` file (held-out prompts: --split test) instead of corpus text."""
+
+EPILOG_DATA = """examples:
+  pass-jax train data --domain text --split train --count 400 --out runs/onpolicy/text-train.jsonl
+  pass-jax train data --domain code --split test --count 48 --out runs/onpolicy/code-test.jsonl
+  (the same command again resumes a killed run; see train/onpolicy.py for the prompts and their sources)
+
+Prompts alternate chat (an instruction in the chat template, with the bundled system prompt) and raw (a
+document's or function's first 64 tokens). --split train draws them from training sources only (the wiki
+and standard-library train splits, and registry packages pass-jax does not depend on); --split test from
+held-out sources only (the wiki test split; pass-jax's installed dependencies for code). Train on a
+train file with data.source=FILE; judge with `pass-jax train eval --own` on a test file."""
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,14 +112,15 @@ def register(subparsers) -> None:
         "train", help="train PaSS look-ahead parameters (base model frozen)", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="pass-jax train --config NAME|PATH [--resume] [--print-config] [KEY=VALUE ...]\n"
-              "       pass-jax train eval --config NAME|PATH --lookahead SPEC [options]",
+              "       pass-jax train eval --config NAME|PATH --lookahead SPEC [--own FILE.jsonl] [options]\n"
+              "       pass-jax train data --domain text|code --split train|test --count N --out FILE.jsonl",
         description="Train the look-ahead parameters of PaSS on a corpus: many anchors per sequence on one "
                     "cached pass over the tokens, AdamW on the look-ahead parameters only, periodic eval, Orbax "
                     "checkpoints, and a .npz export that `pass-jax generate --lookahead PATH` reads.")
     _add_run_arguments(parser)
     parser.set_defaults(func=cmd_train, overrides=[], parser=parser)
     parser.register("action", "parsers", _OptionalSubcommand)
-    commands = parser.add_subparsers(dest="train_command", metavar="[eval | KEY=VALUE ...]")
+    commands = parser.add_subparsers(dest="train_command", metavar="[eval | data | KEY=VALUE ...]")
     evaluation = commands.add_parser(
         "eval", prog="pass-jax train eval", help="acceptance of look-ahead drafts against the blind-drafter ceiling", epilog=EPILOG_EVAL,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -125,11 +140,31 @@ def register(subparsers) -> None:
     evaluation.add_argument("--paths", type=int, default=2,
                             help="sampled accepted prefixes per anchor and K, for positions past 2 (default 2)")
     evaluation.add_argument("--seed", type=int, default=0, help="anchor choice and sampled prefixes")
+    evaluation.add_argument("--own", metavar="FILE.jsonl",
+                            help="anchors inside the model's own answers of a `pass-jax train data` file, not the "
+                                 "config's corpus")
+    evaluation.add_argument("--own-mode", choices=("chat", "raw"),
+                            help="with --own: only the chat or the raw records (default both)")
     evaluation.add_argument("--json", metavar="PATH", help="also write the result to this file")
     add_overwrite_arg(evaluation)
     evaluation.add_argument("--write-metadata", action="store_true",
                             help="store the result in the evaluated parameters' JSON metadata")
     evaluation.set_defaults(func=cmd_eval)
+    data = commands.add_parser(
+        "data", prog="pass-jax train data", help="generate the on-policy data set: the model's own answers",
+        epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate the bundled model's own answers (ar decode, the paper's sampling) to chat "
+                    "instructions and raw prefixes, as JSON lines a kill does not corrupt and a rerun resumes.")
+    data.add_argument("--domain", required=True, choices=("text", "code"))
+    data.add_argument("--split", required=True, choices=("train", "test"),
+                      help="train: prompts from training sources; test: from held-out ones")
+    data.add_argument("--count", type=int, required=True, help="prompts (half chat, half raw)")
+    data.add_argument("--out", required=True, metavar="FILE.jsonl", help="the data set (+ FILE.jsonl.manifest.json)")
+    data.add_argument("--max-new-tokens", type=int, default=128, help="answer budget (default 128)")
+    data.add_argument("--batch-size", type=int, default=8, help="prompts a batch, and a resume unit (default 8)")
+    data.add_argument("--seed", type=int, default=0, help="prompt order and sampling")
+    data.add_argument("--model", default=DEFAULT_MODEL, help=f"the model (default {DEFAULT_MODEL})")
+    data.set_defaults(func=cmd_data)
 
 
 def command_line(args, *words: str) -> str:
@@ -158,7 +193,7 @@ def cmd_eval(args) -> int:
     from pass_jax import outputs
     from pass_jax.errors import PassJaxError
     from pass_jax.sharding import make_mesh
-    from . import diagnostic
+    from . import diagnostic, onpolicy
     from .loop import load_base_model, load_split
     from .run_config import load_run_config
 
@@ -173,8 +208,10 @@ def cmd_eval(args) -> int:
     if args.write_metadata and args.lookahead == "none":
         raise PassJaxError("--write-metadata needs a parameters file (--lookahead PATH, text or code), not 'none'")
     json_path = outputs.check_file(args.json, "--json", args.overwrite) if args.json else None
+    own = onpolicy.read_records(args.own) if args.own else None
+    if args.own and not own:
+        raise PassJaxError(f"--own {args.own}: no records (make one with `pass-jax train data`)")
     model = load_base_model(config.model, make_mesh(config.mesh))
-    data = load_split(config.data, model.tokenizer, "test")
     domain = "code" if config.data.source in ("python", "the-stack-python") else "text"
     resolved = lookahead_lib.resolve(args.lookahead, model.params, model.config, model.identity, domain=domain,
                                      num_lookahead=args.num_lookahead, found=found)
@@ -182,18 +219,26 @@ def cmd_eval(args) -> int:
         raise PassJaxError(f"--write-metadata needs a parameters file (--lookahead PATH, text or code); "
                            f"--lookahead {args.lookahead} is the untrained initialisation here")
     lookahead, source = resolved.prepare(model.config, args.num_lookahead), resolved.source
-    try:
-        tokens, anchors = diagnostic.pick_anchors(data, args.sequences, args.anchors_per_seq, seed=args.seed)
-    except ValueError as err:
-        raise PassJaxError(str(err)) from None
+    if own:
+        tokens, anchors = onpolicy.own_contexts(own, args.own_mode, args.anchors_per_seq, args.seed,
+                                                pad_id=model.tokenizer.eos_token_id)
+        tokens, anchors = tokens[:args.sequences], anchors[:args.sequences]
+        data_info = {"own": args.own, "mode": args.own_mode or "chat+raw", "sequences": len(tokens)}
+    else:
+        data = load_split(config.data, model.tokenizer, "test")
+        try:
+            tokens, anchors = diagnostic.pick_anchors(data, args.sequences, args.anchors_per_seq, seed=args.seed)
+        except ValueError as err:
+            raise PassJaxError(str(err)) from None
+        data_info = {"source": config.data.source, "split": "test", "seq_len": data.seq_len, "sequences": len(tokens)}
     result = diagnostic.diagnose(model.params, model.config, lookahead, tokens, anchors, spec, seed=args.seed)
     words = ["eval", "--lookahead", args.lookahead, "-L", str(args.num_lookahead), "--sequences",
              str(args.sequences), "--anchors-per-seq", str(args.anchors_per_seq), "--depth", str(args.depth),
              "--candidates", str(args.candidates), "--paths", str(args.paths), "--seed", str(args.seed)]
+    words += ["--own", args.own] + ["--own-mode", args.own_mode] * bool(args.own_mode) if args.own else []
     result = {"lookahead": source, "kind": lookahead_lib.kind_of(lookahead),
               "parameters": lookahead_lib.num_parameters(lookahead),
-              "data": {"source": config.data.source, "split": "test", "seq_len": data.seq_len,
-                       "sequences": len(tokens)},
+              "data": data_info,
               **result, "command": command_line(args, *words)}
     print(diagnostic.format_table(result), file=sys.stderr)
     print(json.dumps(result))
@@ -202,4 +247,25 @@ def cmd_eval(args) -> int:
     if args.write_metadata:
         diagnostic.write_metadata(resolved.path, result)
         print(f"wrote the diagnostic into {lookahead_lib.metadata_path(resolved.path)}", file=sys.stderr)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from pass_jax import outputs
+    from pass_jax.errors import PassJaxError
+    from pass_jax.loading import load_model
+    from . import onpolicy
+
+    for flag, value in (("--count", args.count), ("--max-new-tokens", args.max_new_tokens),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise PassJaxError(f"{flag} must be positive, got {value}")
+    if not args.out.endswith(".jsonl"):
+        raise PassJaxError(f"--out {args.out}: name a .jsonl file (training reads it as a JSON-lines corpus)")
+    outputs.check_file(args.out, "--out", overwrite=True)  # a writable place; an existing file is resumed
+    model = load_model(args.model)
+    records = onpolicy.build(model, args.out, args.domain, args.split, args.count, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, seed=args.seed)
+    tokens = sum(len(r["answer_ids"]) for r in records)
+    print(json.dumps({"out": args.out, "records": len(records), "answer_tokens": tokens}))
     return 0

@@ -134,8 +134,9 @@ def init_state(model: LoadedModel, t: TrainSection, mesh) -> dict:
     sharded across hosts."""
     start = None
     if t.init:
+        # An adapter init with adapters for fewer steps grows them for all L trained steps.
         loaded = lookahead_lib.as_kind(lookahead_lib.load(t.init, model.config), t.kind, model.config.num_layers,
-                                       t.adapter_rank, key=_keys(t.seed)[0])
+                                       t.adapter_rank, num_adapted=t.num_lookahead, key=_keys(t.seed)[0])
         start = jax.tree.map(lambda x: np.asarray(x, np.float32),
                              lookahead_lib.prepare(loaded, model.config, t.num_lookahead, f"train.init={t.init}"))
 

@@ -5,10 +5,17 @@ speed, measured here without the timed rounds so it can run on a busy machine. U
 
     .venv/bin/python docs/bench/tokens_per_call.py --domain text --sampling paper \
         --variant calls=2,L=4 --variant calls=1,tree=4-2
+
+With --own, the prompts are a `pass-jax train data` file's (held-out ones: --split test), chat records
+put in the chat template and raw ones continued, as that command generated them:
+
+    .venv/bin/python docs/bench/tokens_per_call.py --domain text --sampling paper --mode chat --mode raw \
+        --own 'runs/onpolicy/{domain}-test.jsonl' --variant calls=1,tree=4-2 --variant calls=2,L=4
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 
 from pass_jax.bench import corpus_prompts
@@ -16,6 +23,7 @@ from pass_jax.generate import Generator, resolve_lookahead
 from pass_jax.iteration import Iteration
 from pass_jax.loading import load_model
 from pass_jax.sampling import GREEDY, PAPER
+from pass_jax.train import onpolicy
 
 
 def parse_variant(text: str) -> Iteration:
@@ -30,24 +38,34 @@ def main() -> None:
     parser.add_argument("--domain", choices=("text", "code"), action="append", required=True)
     parser.add_argument("--sampling", choices=("paper", "greedy"), action="append", required=True)
     parser.add_argument("--variant", action="append", required=True, type=parse_variant)
+    parser.add_argument("--mode", choices=("chat", "raw"), action="append",
+                        help="with --own: its chat or raw records (default raw)")
+    parser.add_argument("--own", help="prompts of a `pass-jax train data` file; {domain} is replaced by the domain")
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--lookahead", default="default",
                         help="--lookahead of generate; {domain} is replaced by the domain (default: the shipped ones)")
     args = parser.parse_args()
     model = load_model("smollm2-135m")
-    for domain in args.domain:
-        prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
+    modes = args.mode or ["raw"]
+    if not args.own and modes != ["raw"]:
+        parser.error("--mode chat needs --own (corpus prompts are raw)")
+    for domain, mode in itertools.product(args.domain, modes):
+        if args.own:
+            records = onpolicy.read_records(args.own.format(domain=domain))
+            prompts = [r["prompt"] for r in records if r["mode"] == mode][:args.num_prompts]
+        else:
+            prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
         for name in args.sampling:
             for variant in args.variant:
                 lookahead = resolve_lookahead(model, args.lookahead.format(domain=domain), domain,
                                               variant.num_lookahead)
                 generator = Generator(model, variant, lookahead=lookahead,
                                       max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
-                                      sampling=PAPER if name == "paper" else GREEDY)
+                                      sampling=PAPER if name == "paper" else GREEDY, chat=mode == "chat")
                 _, summary = generator.generate(prompts, seed=0)
-                print(json.dumps({"domain": domain, "sampling": name, "lookahead": lookahead.source,
-                                  **variant.to_json(), "width": variant.width,
+                print(json.dumps({"domain": domain, "context": mode, "prompts": len(prompts), "sampling": name,
+                                  "lookahead": lookahead.source, **variant.to_json(), "width": variant.width,
                                   "tokens_per_call": summary["tokens_per_call"],
                                   "position_acceptance": summary["position_acceptance"],
                                   "model_calls": summary["model_calls"], "new_tokens": summary["new_tokens"]}),
