@@ -160,7 +160,8 @@ def summarize(stats: Sequence[dict[str, Any]], wall_s: float, compile_s: float) 
         "new_tokens": new,
         "tokens_per_call": new / max(calls, 1),
         "mean_accepted": total("accepted_drafts") / iterations if iterations else 0.0,
-        "context_accepted": total("context_accepted"),  # of the accepted drafts, the context proposer's
+        # of the accepted drafts, the share the context proposer made
+        "context_share": total("context_accepted") / max(total("accepted_drafts"), 1),
         "accepted_hist": hist.tolist(),
         "position_acceptance": [float(a / r) if r else 0.0 for a, r in zip(accepted, reached)],
         "wall_s": wall_s,

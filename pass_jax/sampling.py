@@ -113,6 +113,32 @@ def candidate_q(q_depth, token, deterministic):
     return jnp.take_along_axis(q_node, token[:, None], axis=1)[:, 0], q_node
 
 
+def greedy_walk(tree, node_tokens, p, valid=None):
+    """`verify` under greedy decoding (p one-hot at argmax): a node is accepted when its token is argmax p
+    at its parent and its parent is accepted; the walk ends at the deepest accepted node (the first in
+    node order among equals). Every accepted path is the greedy continuation, so the deepest is the most
+    tokens; it matters where two proposers drafted the same token (a context draft and a look-ahead
+    sibling), whose subtrees differ. Same returns as `verify`."""
+    batch = node_tokens.shape[0]
+    depth = jnp.asarray(tree.node_depth)
+    target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, N+1]: the greedy token after each node
+    ok = node_tokens == target[:, tree.parent[1:]]  # [B, N]
+    if valid is not None:
+        ok = ok & valid
+    accepted = jnp.concatenate([jnp.ones((batch, 1), bool), ok], axis=1)  # by node index
+    for _ in range(tree.depth - 1):  # an accepted node needs an accepted parent: propagate down the depths
+        accepted = accepted & accepted[:, jnp.maximum(jnp.asarray(tree.parent), 0)]
+    last = jnp.argmax(jnp.where(accepted, depth, -1), axis=1)  # the deepest accepted node (0: the root)
+    num_accepted = depth[last]
+    # path[:, d]: the ancestor of `last` at depth d + 1 (0 past A)
+    on_path = jnp.asarray(tree.ancestors)[last]  # [B, N+1]: the nodes on the root-to-last path
+    levels = depth[None, :, None] == jnp.arange(1, tree.depth + 1)[None, None, :]  # [1, N+1, D]
+    path = jnp.sum(jnp.where(on_path[:, :, None] & levels, jnp.arange(tree.num_nodes + 1)[None, :, None], 0), axis=1)
+    flags = jnp.arange(tree.depth)[None, :] < num_accepted[:, None]
+    next_token = jnp.take_along_axis(target, last[:, None], axis=1)[:, 0]
+    return num_accepted.astype(jnp.int32), path.astype(jnp.int32), next_token, flags
+
+
 def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None):
     """The speculative-sampling rule over a static draft tree, for one validation call.
 
@@ -126,12 +152,14 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None):
         this is exact: the recursive rejection sampling of SpecInfer (Miao et al. 2024, "multi-step
         speculative sampling"); with one child per node it is the rule of Leviathan et al. 2023 /
         Chen et al. 2023.
-      greedy: accept the child equal to argmax p.
+      greedy: the deepest node whose path holds argmax p at every step (`greedy_walk`).
     An accepted child becomes the current node (p' = p at it); when every child is rejected the walk
     stops and the next token is drawn from p' (the residual), or from p at a leaf (the bonus).
     Returns (A [B], path [B, D]: the accepted node per depth (0 past A), next token [B],
     accepted [B, D] flags), D = `tree.depth`.
     """
+    if greedy:
+        return greedy_walk(tree, node_tokens, p, valid)
     batch = node_tokens.shape[0]
     tokens = jnp.concatenate([jnp.zeros((batch, 1), node_tokens.dtype), node_tokens], axis=1)  # by node index
     if valid is not None:
@@ -153,18 +181,14 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None):
             trying = walking & (chosen < 0) & (child >= 0)
             if valid is not None:
                 trying = trying & valid[rows, child]
-            if greedy:
-                ok = dist[rows, token] > 0
-            else:
-                u = jax.random.uniform(keys[used], (batch,), dtype=jnp.float32)
-                q_token, q_node = candidate_q(q_depth, token, is_context[child]) if tree.context else (
-                    q_depth[rows, token], q_depth)
-                ok = u < acceptance_probability(dist[rows, token], q_token)
+            u = jax.random.uniform(keys[used], (batch,), dtype=jnp.float32)
+            q_token, q_node = candidate_q(q_depth, token, is_context[child]) if tree.context else (
+                q_depth[rows, token], q_depth)
+            ok = u < acceptance_probability(dist[rows, token], q_token)
             used += 1
             chosen = jnp.where(trying & ok, child, chosen)
-            if not greedy:  # this candidate was tried and rejected: move to the residual
-                rejected = trying & (chosen < 0)
-                dist = jnp.where(rejected[:, None], residual_distribution(dist, q_node), dist)
+            rejected = trying & (chosen < 0)  # this candidate was tried and rejected: move to the residual
+            dist = jnp.where(rejected[:, None], residual_distribution(dist, q_node), dist)
         walking = walking & (chosen >= 0)
         current = jnp.where(walking, chosen, current)
         dist = jnp.where(walking[:, None], p[rows, current], dist)

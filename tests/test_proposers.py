@@ -52,3 +52,23 @@ def test_no_context_chain_keeps_the_tree(tree):
     plain, with_zero = DraftTree(tree), DraftTree(tree, 0)
     assert plain.fanout == tree and not plain.is_context.any()
     np.testing.assert_array_equal(plain.children, with_zero.children)
+
+
+def test_greedy_walk_takes_the_deepest_path_where_proposers_drafted_the_same_token():
+    """Tree (2, 2) with a context chain of 3: the context chain (nodes 7-9) and look-ahead node 1 both
+    drafted the greedy token 5; the chain goes on matching to depth 3, the look-ahead subtree to 2."""
+    import jax
+
+    from pass_jax.sampling import greedy_walk
+
+    tree = DraftTree((2, 2), context=3)
+    tokens = jnp.asarray([[5, 1, 6, 2, 3, 4, 5, 6, 7]])  # nodes 1..9
+    greedy_after = np.zeros(10, int)  # argmax p after each node (0 elsewhere: nothing follows it)
+    greedy_after[[0, 1, 3, 7, 8, 9]] = [5, 6, 7, 6, 7, 8]
+    p = jax.nn.one_hot(jnp.asarray(greedy_after)[None], 10)
+    accepted, path, next_token, flags = greedy_walk(tree, tokens, p)
+    assert int(accepted[0]) == 3 and path[0].tolist() == [7, 8, 9] and int(next_token[0]) == 8
+    assert flags[0].tolist() == [True] * 3
+    # node 8 invalid (the match's continuation ended): the look-ahead path (1, 3) is the deepest left
+    accepted, path, next_token, _ = greedy_walk(tree, tokens, p, jnp.asarray([[True] * 7 + [False, True]]))
+    assert int(accepted[0]) == 2 and path[0].tolist() == [1, 3, 0] and int(next_token[0]) == 7
