@@ -51,20 +51,20 @@ def test_label_round_trips_and_call_shapes(iteration, label, shapes):
     (lambda: Iteration.from_options(drafts="context"), "--drafts needs the lookahead proposer"),
     (lambda: Iteration.from_options(drafts="lookahead,context:x"), "takes a whole number M"),
     (lambda: Iteration.from_options(drafts="lookahead,context:0"), "needs M >= 1"),
-    (lambda: Iteration.from_options(draft_tree="8,8,3", drafts="lookahead,context:60"),
-     r"draft tree \(8, 8, 3\) and 60 context drafts has 264 nodes; at most 256"),
+    (lambda: Iteration.from_options(draft_tree="8,8,2", drafts="lookahead,context:60"),
+     r"draft tree \(8, 8, 2\) and 60 context drafts has 260 nodes; at most 256"),
     (lambda: Iteration(1, (), 2), "drafts nothing"),
 ])
 
+def test_bad_shapes_are_one_line_errors(build, message):
+    with pytest.raises(DecodeError, match=message):
+        build()
 
 def test_drafts_name_the_context_chain():
     assert Iteration.from_options(drafts="lookahead") == DEFAULT_ITERATION
     assert Iteration.from_options(drafts="lookahead,context") == Iteration(1, (4, 2), 4)
     assert Iteration.from_options(num_lookahead=3, calls=2, drafts="lookahead, context:6") == Iteration(2, (1, 1, 1), 6)
     assert Iteration(1, (4, 2), 6).depth == 6 and Iteration(1, (4, 2), 1).depth == 2
-def test_bad_shapes_are_one_line_errors(build, message):
-    with pytest.raises(DecodeError, match=message):
-        build()
 
 
 def test_every_entry_point_defaults_to_the_same_iteration():
