@@ -129,6 +129,8 @@ def test_greedy_pass_accepts_good_drafts(chain_lm, variant):
     # Every row commits whole trees, several times. Measured (rows: the three prompts; A = 0..L):
     #   calls2 [[0,0,0,0,7], [0,0,3,0,5], [0,0,2,1,5]]   calls1 [[0,0,5,0,5], [0,0,3,0,6], [0,0,3,0,6]]
     #   calls2-tree [[0,0,10]] * 3                        calls1-tree [[0,0,13]] * 3
+    #   calls2-ctx [[0,0,0,0,7], [0,0,1,1,5], [0,0,1,1,5]]  calls1-ctx [[0,0,13]] * 3 (with the greedy walk's deepest
+    #   path; trying children in order, calls2-ctx stopped at the context chain's depth 3: [[0,0,0,7,1], ...])
     assert (hist[:, num_l] >= 3).all(), hist
     assert (stats.new_tokens == 40).all()
 
