@@ -37,8 +37,13 @@ def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8,
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0: off)")
 
 
+DRAFTS_HELP = ("the draft proposers: lookahead (the look-ahead tree) and context (a chain of M drafts copied "
+               "from the row's prompt and output after the latest match of its last 1-3 tokens, validated "
+               "beside the tree; M = 4 unless context:M), e.g. lookahead,context:6 (default lookahead)")
+
+
 def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = None) -> None:
-    """-L, --calls and --draft-tree: the shape of a PaSS iteration (`iteration_from_args` reads them);
+    """-L, --calls, --draft-tree and --drafts: the shape of a PaSS iteration (`iteration_from_args` reads them);
     `auto_help` describes `-L auto` where the command takes it."""
     tree = ",".join(map(str, DEFAULT_TREE))
     group = parser.add_argument_group("PaSS iteration (--mode pass)")
@@ -53,23 +58,25 @@ def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = 
                        help="candidates per look-ahead depth, verified in one call with a tree mask (e.g. 3,1,1: "
                             "three candidates for the first draft); sets L to its depth (default "
                             f"{tree} when -L is not given, else a chain of L)")
+    group.add_argument("--drafts", default=None, metavar="lookahead[,context[:M]]", help=DRAFTS_HELP)
 
 
 def iteration_from_args(args, mode: str | None = "pass", auto: bool = False):
-    """The `Iteration` that --mode, -L, --calls and --draft-tree name (the defaults apply in
+    """The `Iteration` that --mode, -L, --calls, --draft-tree and --drafts name (the defaults apply in
     `Iteration.from_options`, once), checked before a model is loaded. With `auto` (generate), "auto"
-    for `-L auto` and where no -L, --calls or --draft-tree is given and --mode is not ar: the tuned
-    default (`cli._tuned`; --mode pass then takes its fastest PaSS setting)."""
-    from .iteration import Iteration
+    for `-L auto` and where no -L, --calls, --draft-tree or --drafts is given and --mode is not ar: the
+    tuned default (`cli._tuned`; --mode pass then takes its fastest PaSS setting)."""
+    from .iteration import DecodeError, Iteration
 
     if auto and mode != "ar":
-        shape = (args.num_lookahead, args.calls, args.draft_tree)
         if args.num_lookahead == "auto":
-            Iteration.from_options(mode, None, args.calls, args.draft_tree)  # still check the other options
+            if Iteration.from_options(mode, None, args.calls, args.draft_tree, args.drafts).context:  # checks the rest
+                raise DecodeError("-L auto predicts look-ahead drafts only: drop --drafts context, or give -L N or "
+                                  "--draft-tree with it")
             return "auto"
-        if all(option is None for option in shape):
+        if all(option is None for option in (args.num_lookahead, args.calls, args.draft_tree, args.drafts)):
             return "auto"
-    return Iteration.from_options(mode, args.num_lookahead, args.calls, args.draft_tree)
+    return Iteration.from_options(mode, args.num_lookahead, args.calls, args.draft_tree, args.drafts)
 
 
 def sampling_from_args(args):

@@ -19,7 +19,10 @@ tree. Those drafts never see the replacement/bonus token r, so q does not depend
 stays exact. Each call commits A + 1 tokens; the prefill drafts the first tree.
 
 The iteration's shape (`iteration.Iteration`: calls and the draft tree, K_d candidates at depth d, the
-chain (1,)*L being the paper's) is static, in `DecodeSpec`. Lengths are per-row data: every row accepts its own A; finished rows stop committing.
+chain (1,)*L being the paper's, and the context chain of M drafts) is static, in `DecodeSpec`. The
+proposers (`proposers`) fill the tree's nodes; validation and commit are one step for all of them.
+The context chain is drafted at the start of each iteration from the committed tokens (and, with two
+calls, d_1), so single-call PaSS carries only the look-ahead drafts. Lengths are per-row data: every row accepts its own A; finished rows stop committing.
 """
 from __future__ import annotations
 
@@ -33,11 +36,12 @@ import numpy as np
 from jax import lax
 
 from . import lookahead as lookahead_lib
+from . import proposers
 from .config import LlamaConfig
 from .draft_tree import DraftTree
 from .iteration import DEFAULT_ITERATION, DecodeError, Iteration
 from .model import Cache, causal_mask, forward, gather_positions, init_cache, lm_head, write_cache
-from .sampling import SamplingConfig, draft_candidates, probabilities, sample, verify
+from .sampling import SamplingConfig, probabilities, sample, verify
 from .sharding import cache_sharding
 
 __all__ = ["DecodeError", "DecodeSpec", "DecodeState", "DecodeStats", "Iteration", "check_context", "decode",
@@ -123,13 +127,15 @@ def _call_mask(base, visible, length: int):
 
 
 class DecodeStats(NamedTuple):
-    """Per-row decode statistics. B rows, L = `Iteration.num_lookahead` (0 in ar mode)."""
+    """Per-row decode statistics. B rows, D = `Iteration.depth` (the tree's L, or the context chain's M;
+    0 in ar mode)."""
 
     model_calls: jax.Array        # int32 [B]: calls while the row was active (the prefill counts as one)
     new_tokens: jax.Array         # int32 [B]: tokens committed after the prompt
-    accepted_hist: jax.Array      # int32 [B, L+1]: iterations by number of accepted drafts A
-    position_reached: jax.Array   # int32 [B, L]: drafts at look-ahead depth i that were validated
-    position_accepted: jax.Array  # int32 [B, L]: ... and accepted
+    accepted_hist: jax.Array      # int32 [B, D+1]: iterations by number of accepted drafts A
+    position_reached: jax.Array   # int32 [B, D]: drafts at depth i that were validated
+    position_accepted: jax.Array  # int32 [B, D]: ... and accepted
+    context_accepted: jax.Array   # int32 [B]: accepted drafts that the context proposer made
 
 
 class DecodeState(NamedTuple):
@@ -142,7 +148,7 @@ class DecodeState(NamedTuple):
     key: jax.Array      # PRNG key (scalar), split once per iteration
     done: jax.Array     # bool [B]: the row hit EOS, a stop id or its budget
     stats: DecodeStats
-    drafts: jax.Array   # int32 [B, N]: the next call's draft tree (single-call PaSS; [B, 0] otherwise)
+    drafts: jax.Array   # int32 [B, N]: the next call's look-ahead drafts (single-call PaSS; [B, 0] otherwise)
     draft_q: jax.Array  # float32 [B, L, V]: the distributions those drafts were drawn from ([B, 0, 0] otherwise)
 
 
@@ -210,14 +216,14 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     key, key_first, key_draft = jax.random.split(key, 3)
     first = sample(key_first, probabilities(logits[:, 0], spec.sampling), spec.sampling.support)
     if groups:
-        drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], it.tree, spec.sampling)
+        drafts, draft_q = proposers.lookahead(key_draft, logits[:, 1:], it.tree, spec.sampling)
     else:
         drafts, draft_q = jnp.zeros((batch, 0), jnp.int32), jnp.zeros((batch, 0, 0), jnp.float32)
     tokens = jnp.zeros((batch, length), jnp.int32).at[:, :width].set(prompt_tokens)
-    num_l = it.num_lookahead
+    depth = it.depth
     stats = DecodeStats(jnp.ones((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32),
-                        jnp.zeros((batch, num_l + 1), jnp.int32), jnp.zeros((batch, num_l), jnp.int32),
-                        jnp.zeros((batch, num_l), jnp.int32))
+                        jnp.zeros((batch, depth + 1), jnp.int32), jnp.zeros((batch, depth), jnp.int32),
+                        jnp.zeros((batch, depth), jnp.int32), jnp.zeros((batch,), jnp.int32))
     state = DecodeState(tokens, prompt_lengths, cache, key, jnp.zeros((batch,), bool), stats, drafts, draft_q)
     return _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
 
@@ -263,30 +269,35 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
                                 causal_mask(pending, num_l + 1, length), cache=state.cache, write_index=pending,
                                 lookahead=lookahead_lib.forward_inputs(lookahead, jnp.broadcast_to(offsets, ids.shape)))
         root = sample(key_first, probabilities(logits[:, 0], sampling), sampling.support)
-        drafts, draft_q = draft_candidates(key_draft, logits[:, 1:], tree, sampling)
+        la_drafts, la_q = proposers.lookahead(key_draft, logits[:, 1:], tree, sampling)
         base, committed_root = state.lengths, root[:, None]
+        sequence = state.tokens.at[rows, state.lengths].set(root)  # the context proposer matches after d_1
     else:
-        cache, root, drafts, draft_q = state.cache, x_n, state.drafts, state.draft_q
+        cache, root, la_drafts, la_q = state.cache, x_n, state.drafts, state.draft_q
         base, committed_root = pending, jnp.zeros((batch, 0), jnp.int32)
+        sequence = state.tokens
+    drafts = proposers.with_context(la_drafts, la_q, tree, sequence, base + 1)
 
     # Validation call: the root, the tree, and (single call) a look-ahead group after every node.
     group_size = num_l if it.calls == 1 else 0
     offsets, la_steps, visible = _validation_layout(tree, group_size)
-    ids = jnp.concatenate([root[:, None], drafts, jnp.zeros((batch, len(offsets) - num_nodes), jnp.int32)], axis=1)
+    ids = jnp.concatenate([root[:, None], drafts.tokens, jnp.zeros((batch, len(offsets) - num_nodes), jnp.int32)],
+                          axis=1)
     la_steps = jnp.broadcast_to(jnp.asarray(la_steps), ids.shape)
     hidden, cache = forward(params, spec.config, ids, base[:, None] + jnp.asarray(offsets),
                             _call_mask(base, visible, length), cache=cache, write_index=base, hidden_only=True,
                             lookahead=lookahead_lib.forward_inputs(lookahead, la_steps) if group_size else None)
     p = probabilities(lm_head(params, spec.config, hidden[:, :num_nodes]), sampling)
-    num_accepted, path, next_token, accepted = verify(key_verify, tree, drafts, q=draft_q, p=p,
-                                                      greedy=sampling.greedy, support=sampling.support)
+    num_accepted, path, next_token, accepted = verify(key_verify, tree, drafts.tokens, q=drafts.q, p=p,
+                                                      greedy=sampling.greedy, valid=drafts.valid,
+                                                      support=sampling.support)
     cache = _move_accepted_kv(cache, base, path, tree)
-    path_tokens = jnp.take_along_axis(jnp.concatenate([root[:, None], drafts], axis=1), path, axis=1)
-    if group_size:  # the group after the last accepted node drafts the next call's tree
+    path_tokens = jnp.take_along_axis(jnp.concatenate([root[:, None], drafts.tokens], axis=1), path, axis=1)
+    if group_size:  # the group after the last accepted node drafts the next call's look-ahead nodes
         last = jnp.where(num_accepted > 0, path[rows, jnp.maximum(num_accepted - 1, 0)], 0)
         group = num_nodes + last[:, None] * num_l + jnp.arange(num_l)[None, :]
-        drafts, draft_q = draft_candidates(key_draft, lm_head(params, spec.config, gather_positions(hidden, group)),
-                                           tree, sampling)
+        la_drafts, la_q = proposers.lookahead(key_draft, lm_head(params, spec.config, gather_positions(hidden, group)),
+                                              tree, sampling)
 
     # Commit [d_1 (two calls)], the A accepted drafts, and the replacement/bonus token.
     committed = jnp.concatenate([committed_root, path_tokens, jnp.zeros((batch, 1), jnp.int32)], axis=1)
@@ -294,15 +305,17 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     committed = jnp.where(jnp.arange(committed.shape[1])[None] == end[:, None], next_token[:, None], committed)
     active = ~state.done
     if group_size:
-        state = state._replace(drafts=drafts, draft_q=draft_q)
+        state = state._replace(drafts=la_drafts, draft_q=la_q)
     state = _commit(state._replace(cache=cache, key=key), committed, end + 1, prompt_lengths, spec)
     act = active[:, None].astype(jnp.int32)
     s = state.stats
+    from_context = jnp.sum(accepted & jnp.asarray(tree.is_context)[path], axis=1)
     stats = s._replace(
         model_calls=s.model_calls + it.calls * active,
-        accepted_hist=s.accepted_hist + act * jax.nn.one_hot(num_accepted, num_l + 1, dtype=jnp.int32),
-        position_reached=s.position_reached + act * (jnp.arange(num_l)[None, :] <= num_accepted[:, None]),
+        accepted_hist=s.accepted_hist + act * jax.nn.one_hot(num_accepted, tree.depth + 1, dtype=jnp.int32),
+        position_reached=s.position_reached + act * (jnp.arange(tree.depth)[None, :] <= num_accepted[:, None]),
         position_accepted=s.position_accepted + act * accepted,
+        context_accepted=s.context_accepted + active * from_context,
     )
     return state._replace(stats=stats)
 

@@ -4,6 +4,11 @@ A tree is given by its branching `(K_1, ..., K_D)`: every node at depth d-1 has 
 candidates for look-ahead position d. `(1,) * L` is the paper's chain of L drafts. Node 0 is the
 root (the token whose output validates depth 1); nodes are numbered breadth-first, so a node's
 children are contiguous and sit after it. All tables are numpy: they are compile-time constants.
+
+With `context` = M > 0, a chain of M context drafts (`proposers.context`) hangs from the root beside
+the tree: nodes N+1..N+M, each the parent of the next. It is the root's first child in trial order
+(`children[0, 0]`), so a deterministic candidate is tried before the sampled ones: accepting it with
+probability p(c) is the most any candidate c can be accepted with, and its chain goes deepest.
 """
 from __future__ import annotations
 
@@ -18,22 +23,30 @@ from .iteration import _check_tree, tree_nodes
 @dataclasses.dataclass(frozen=True)
 class DraftTree:
     branching: tuple[int, ...]
+    context: int = 0  # M: nodes of the context chain
 
     def __post_init__(self):
-        _check_tree(tuple(self.branching))  # a DecodeError (a ValueError)
+        _check_tree(tuple(self.branching), self.context)  # a DecodeError (a ValueError)
 
     @property
     def depth(self) -> int:
-        return len(self.branching)
+        """The longest path: the tree's L or the context chain's M."""
+        return max(len(self.branching), self.context)
 
     @property
     def is_chain(self) -> bool:
-        return all(k == 1 for k in self.branching)
+        """One node per depth, numbered by depth (node j sits at call slot j)."""
+        return all(k == 1 for k in self.branching) and not self.context
+
+    @property
+    def lookahead_nodes(self) -> int:
+        """Nodes 1..N of the uniform tree, the look-ahead proposer's."""
+        return tree_nodes(self.branching)
 
     @property
     def num_nodes(self) -> int:
         """Draft nodes, without the root."""
-        return tree_nodes(self.branching)
+        return tree_nodes(self.branching) + self.context
 
     @functools.cached_property
     def _tables(self):
@@ -48,10 +61,20 @@ class DraftTree:
                     rank.append(r)
                     nxt.append(len(parent) - 1)
             level = nxt
+        for j in range(self.context):  # the context chain: rank 0 under its parent, tried first
+            parent.append(0 if j == 0 else len(parent) - 1)
+            depth.append(j + 1)
+            rank.append(0)
         n = len(parent)
-        children = np.full((n, max(self.branching)), -1, np.int32)
+        children = [[] for _ in range(n)]
         for node in range(1, n):
-            children[parent[node], rank[node]] = node
+            children[parent[node]].append(node)
+        if self.context:  # the context chain's first node is the root's first child
+            children[0].insert(0, children[0].pop())
+        table = np.full((n, max(map(len, children))), -1, np.int32)
+        for node, kids in enumerate(children):
+            table[node, :len(kids)] = kids
+        children = table
         ancestors = np.eye(n, dtype=bool)  # ancestors[a, b]: b is a or an ancestor of a
         for node in range(1, n):
             ancestors[node] |= ancestors[parent[node]]
@@ -68,13 +91,24 @@ class DraftTree:
 
     @property
     def rank(self) -> np.ndarray:
-        """[N+1] index of each node among its siblings (its candidate rank)."""
+        """[N+1] index of each node among its look-ahead siblings (its candidate rank; 0 in the context chain)."""
         return self._tables[2]
 
     @property
     def children(self) -> np.ndarray:
-        """[N+1, max K] children of each node in rank order, -1 padded."""
+        """[N+1, C] children of each node in the order `verify` tries them, -1 padded."""
         return self._tables[3]
+
+    @functools.cached_property
+    def fanout(self) -> tuple[int, ...]:
+        """The most children a node at depth d-1 has, for d = 1..depth: `verify` tries that many per depth."""
+        counts = (self.children >= 0).sum(axis=1)
+        return tuple(int(counts[self.node_depth == d].max()) for d in range(self.depth))
+
+    @functools.cached_property
+    def is_context(self) -> np.ndarray:
+        """[N+1] bool: the node is in the context chain (a deterministic candidate, q one-hot)."""
+        return np.arange(self.num_nodes + 1) > self.lookahead_nodes
 
     @property
     def ancestors(self) -> np.ndarray:

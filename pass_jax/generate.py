@@ -144,6 +144,7 @@ def row_stats(state, row: int, prompt_length: int) -> dict[str, Any]:
         "accepted_hist": s.accepted_hist.tolist(),
         "position_reached": s.position_reached.tolist(),
         "position_accepted": s.position_accepted.tolist(),
+        "context_accepted": int(s.context_accepted),
     }
 
 
@@ -159,6 +160,8 @@ def summarize(stats: Sequence[dict[str, Any]], wall_s: float, compile_s: float) 
         "new_tokens": new,
         "tokens_per_call": new / max(calls, 1),
         "mean_accepted": total("accepted_drafts") / iterations if iterations else 0.0,
+        # of the accepted drafts, the share the context proposer made
+        "context_share": total("context_accepted") / max(total("accepted_drafts"), 1),
         "accepted_hist": hist.tolist(),
         "position_acceptance": [float(a / r) if r else 0.0 for a, r in zip(accepted, reached)],
         "wall_s": wall_s,
@@ -171,8 +174,8 @@ class Generator:
     """Generates from one loaded model with fixed decode settings; compiles once per bucket.
 
     iteration: the shape of a decode iteration (`Iteration`: calls, look-ahead steps, draft tree;
-    `Iteration.AR` for plain decoding). Instead of it, the options `mode`, `num_lookahead`, `calls`
-    and `draft_tree` may name it as the CLI does (`Iteration.from_options`); with neither, the default
+    `Iteration.AR` for plain decoding). Instead of it, the options `mode`, `num_lookahead`, `calls`,
+    `draft_tree` and `drafts` (the context chain's M, or `--drafts`' text) may name it as the CLI does (`Iteration.from_options`); with neither, the default
     iteration every entry point shares (one call, tree 4,2).
 
     chat: True puts each prompt into the tokenizer's chat template as a user message (after the
@@ -192,14 +195,14 @@ class Generator:
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 1, mesh=None,
                  stop_ids: Sequence[int] = (), chat: bool | str = False, system: str | None = None,
                  mode: str | None = None, num_lookahead: int | None = None, calls: int | None = None,
-                 draft_tree: Sequence[int] | None = None):
+                 draft_tree: Sequence[int] | None = None, drafts: int | str | None = None):
         if batch_size < 1:
             raise GenerationError(f"batch size must be >= 1, got {batch_size}")
-        options = (mode, num_lookahead, calls, draft_tree)
+        options = (mode, num_lookahead, calls, draft_tree, drafts)
         if iteration is None:
             iteration = Iteration.from_options(*options)
         elif any(option is not None for option in options):
-            raise GenerationError("give the iteration or the options mode/num_lookahead/calls/draft_tree, not both")
+            raise GenerationError("give the iteration or the options mode/num_lookahead/calls/draft_tree/drafts, not both")
         self.chat = resolve_chat(model.tokenizer, chat)
         if system is not None and not self.chat:
             raise GenerationError("a system prompt needs chat mode (--chat, chat=True)")
@@ -366,7 +369,7 @@ def generate(prompts: str | Iterable[str], model: str | LoadedModel = DEFAULT_MO
         prompts = [prompts]
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     iteration = settings.pop("iteration", None) or Iteration.from_options(
-        *(settings.pop(option, None) for option in ("mode", "num_lookahead", "calls", "draft_tree")))
+        *(settings.pop(option, None) for option in ("mode", "num_lookahead", "calls", "draft_tree", "drafts")))
     if iteration.mode == "pass" and isinstance(settings.get("lookahead"), str):  # a --lookahead name or path
         settings["lookahead"] = resolve_lookahead(loaded, settings["lookahead"], num_lookahead=iteration.num_lookahead)
     results, _ = Generator(loaded, iteration, **settings).generate(list(prompts), seed=seed)

@@ -112,53 +112,98 @@ def draft_candidates(key, logits, tree, sampling: SamplingConfig):
     multi-candidate rule in `verify` exact. Greedy: the K siblings are the top-K of the logits.
     """
     q = probabilities(logits, sampling)
-    depth = tree.node_depth[1:] - 1
+    nodes = slice(1, tree.lookahead_nodes + 1)  # the tree's look-ahead nodes (a context chain follows them)
+    depth = tree.node_depth[nodes] - 1
     if sampling.greedy:
         top = lax.top_k(logits, max(tree.branching))[1]  # [B, D, K]
-        return top[:, depth, tree.rank[1:]].astype(jnp.int32), q
+        return top[:, depth, tree.rank[nodes]].astype(jnp.int32), q
     return sample(key, q[:, depth], sampling.support), q
 
 
-def verify(key, tree, node_tokens, q, p, greedy: bool = False, support: int | None = None):
+def candidate_q(q_depth, token, deterministic):
+    """The distribution a candidate was drawn from: q of its depth [B, V], or one-hot at `token` [B]
+    where `deterministic` [B] (a context draft). Returns (q at the token [B], q [B, V])."""
+    one_hot = jax.nn.one_hot(token, q_depth.shape[-1], dtype=q_depth.dtype)
+    q_node = jnp.where(deterministic[:, None], one_hot, q_depth)
+    return jnp.take_along_axis(q_node, token[:, None], axis=1)[:, 0], q_node
+
+
+def greedy_walk(tree, node_tokens, p, valid=None):
+    """`verify` under greedy decoding (p one-hot at argmax): a node is accepted when its token is argmax p
+    at its parent and its parent is accepted; the walk ends at the deepest accepted node (the first in
+    node order among equals). Every accepted path is the greedy continuation, so the deepest is the most
+    tokens; it matters where two proposers drafted the same token (a context draft and a look-ahead
+    sibling), whose subtrees differ. Same returns as `verify`."""
+    batch = node_tokens.shape[0]
+    depth = jnp.asarray(tree.node_depth)
+    target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, N+1]: the greedy token after each node
+    ok = node_tokens == target[:, tree.parent[1:]]  # [B, N]
+    if valid is not None:
+        ok = ok & valid
+    accepted = jnp.concatenate([jnp.ones((batch, 1), bool), ok], axis=1)  # by node index
+    for _ in range(tree.depth - 1):  # an accepted node needs an accepted parent: propagate down the depths
+        accepted = accepted & accepted[:, jnp.maximum(jnp.asarray(tree.parent), 0)]
+    last = jnp.argmax(jnp.where(accepted, depth, -1), axis=1)  # the deepest accepted node (0: the root)
+    num_accepted = depth[last]
+    # path[:, d]: the ancestor of `last` at depth d + 1 (0 past A)
+    on_path = jnp.asarray(tree.ancestors)[last]  # [B, N+1]: the nodes on the root-to-last path
+    levels = depth[None, :, None] == jnp.arange(1, tree.depth + 1)[None, None, :]  # [1, N+1, D]
+    path = jnp.sum(jnp.where(on_path[:, :, None] & levels, jnp.arange(tree.num_nodes + 1)[None, :, None], 0), axis=1)
+    flags = jnp.arange(tree.depth)[None, :] < num_accepted[:, None]
+    next_token = jnp.take_along_axis(target, last[:, None], axis=1)[:, 0]
+    return num_accepted.astype(jnp.int32), path.astype(jnp.int32), next_token, flags
+
+
+def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, support: int | None = None):
     """The speculative-sampling rule over a static draft tree, for one validation call.
 
-    node_tokens [B, N]: the drafts at nodes 1..N; q [B, D, V]: the draft distribution per depth;
-    p [B, N+1, V]: the target distribution after each node (node 0 is the root). The walk starts at
-    the root and, depth by depth, tries the current node's children in rank order:
-      sampled: accept child c with prob min(1, p'(c)/q(c)); after each rejection p' <- norm(max(0,
-        p' - q)). With siblings drawn i.i.d. from q this is exact: the recursive rejection sampling
-        of SpecInfer (Miao et al. 2024, "multi-step speculative sampling"); with one child per node
-        it is the rule of Leviathan et al. 2023 / Chen et al. 2023.
-      greedy: accept the child equal to argmax p.
+    node_tokens [B, N]: the drafts at nodes 1..N; q [B, L, V]: the look-ahead draft distribution per
+    depth; p [B, N+1, V]: the target distribution after each node (node 0 is the root); valid [B, N]
+    (None: all): candidates to try. The walk starts at the root and, depth by depth, tries the current
+    node's valid children in the tree's order (`tree.children`):
+      sampled: accept child c with prob min(1, p'(c)/q_c(c)); after each rejection p' <- norm(max(0,
+        p' - q_c)), q_c being that candidate's own q: q of its depth for a look-ahead draft, one-hot
+        for a context draft (`candidate_q`). With each candidate drawn independently of the others
+        this is exact: the recursive rejection sampling of SpecInfer (Miao et al. 2024, "multi-step
+        speculative sampling"); with one child per node it is the rule of Leviathan et al. 2023 /
+        Chen et al. 2023.
+      greedy: the deepest node whose path holds argmax p at every step (`greedy_walk`).
     An accepted child becomes the current node (p' = p at it); when every child is rejected the walk
     stops and the next token is drawn from p' (the residual), or from p at a leaf (the bonus).
     `support`: p's at most this many nonzero tokens (`sample`). Returns (A [B], path [B, D]: the accepted
-    node per depth (0 past A), next token [B], accepted [B, D] flags).
+    node per depth (0 past A), next token [B], accepted [B, D] flags), D = `tree.depth`.
     """
+    if greedy:
+        return greedy_walk(tree, node_tokens, p, valid)
     batch = node_tokens.shape[0]
     tokens = jnp.concatenate([jnp.zeros((batch, 1), node_tokens.dtype), node_tokens], axis=1)  # by node index
+    if valid is not None:
+        valid = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
     children = jnp.asarray(tree.children)
+    is_context = jnp.asarray(tree.is_context)
     rows = jnp.arange(batch)
     keys = jax.random.split(key, tree.num_nodes + 1)
     current = jnp.zeros((batch,), jnp.int32)
     walking = jnp.ones((batch,), bool)
     dist = p[:, 0]
     path, flags, used = [], [], 0
-    for d, branching in enumerate(tree.branching):
+    for d, fanout in enumerate(tree.fanout):
         chosen = jnp.full((batch,), -1, jnp.int32)
-        for rank in range(branching):
+        q_depth = q[:, min(d, q.shape[1] - 1)]  # past the tree's depth only context drafts remain
+        for rank in range(fanout):
             child = children[current, rank]
             token = tokens[rows, child]
-            if greedy:
-                ok = dist[rows, token] > 0
-            else:
-                u = jax.random.uniform(keys[used], (batch,), dtype=jnp.float32)
-                ok = u < acceptance_probability(dist[rows, token], q[rows, d, token])
+            trying = walking & (chosen < 0) & (child >= 0)
+            if valid is not None:
+                trying = trying & valid[rows, child]
+            u = jax.random.uniform(keys[used], (batch,), dtype=jnp.float32)
+            q_token, q_node = candidate_q(q_depth, token, is_context[child]) if tree.context else (
+                q_depth[rows, token], q_depth)
+            ok = u < acceptance_probability(dist[rows, token], q_token)
             used += 1
-            chosen = jnp.where(walking & (chosen < 0) & ok, child, chosen)
-            if not greedy:  # this candidate was tried and rejected: move to the residual
-                rejected = walking & (chosen < 0)
-                dist = jnp.where(rejected[:, None], residual_distribution(dist, q[:, d]), dist)
+            chosen = jnp.where(trying & ok, child, chosen)
+            rejected = trying & (chosen < 0)  # this candidate was tried and rejected: move to the residual
+            dist = jnp.where(rejected[:, None], residual_distribution(dist, q_node), dist)
         walking = walking & (chosen >= 0)
         current = jnp.where(walking, chosen, current)
         dist = jnp.where(walking[:, None], p[rows, current], dist)

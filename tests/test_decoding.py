@@ -29,8 +29,11 @@ def tiny_lm():
 
 
 # Every PaSS variant: the paper's two calls, single-call, and draft trees with each (L = len(tree)).
+# The context variants add a chain of context drafts (`proposers.context`) beside the look-ahead drafts;
+# calls2-ctx's chain (3) is deeper than the sampled tests' L = 2, so walks pass the look-ahead depth.
 VARIANTS = {"calls2": dict(calls=2), "calls1": dict(calls=1), "calls2-tree": dict(calls=2, draft_tree=(3, 2)),
-            "calls1-tree": dict(calls=1, draft_tree=(2, 2))}
+            "calls1-tree": dict(calls=1, draft_tree=(2, 2)), "calls2-ctx": dict(calls=2, drafts=3),
+            "calls1-ctx": dict(calls=1, draft_tree=(2, 2), drafts=2)}
 
 
 def num_lookahead(variant, chain):
@@ -91,7 +94,8 @@ PROMPTS = [[5, 17, 3], [9, 1, 44, 2, 7, 100, 12], list(range(20, 40))]
 
 
 @pytest.mark.parametrize("num_lookahead, variant", [(1, "calls2"), (5, "calls2"), (1, "calls1"), (4, "calls1"),
-                                                    (2, "calls2-tree"), (2, "calls1-tree")])
+                                                    (2, "calls2-tree"), (2, "calls1-tree"), (2, "calls2-ctx"),
+                                                    (2, "calls1-ctx")])
 def test_greedy_pass_equals_ar_tiny(tiny_lm, num_lookahead, variant):
     config, params = tiny_lm
     ar, ar_stats = run(config, params, None, PROMPTS, "ar", 1, 40)
@@ -125,6 +129,8 @@ def test_greedy_pass_accepts_good_drafts(chain_lm, variant):
     # Every row commits whole trees, several times. Measured (rows: the three prompts; A = 0..L):
     #   calls2 [[0,0,0,0,7], [0,0,3,0,5], [0,0,2,1,5]]   calls1 [[0,0,5,0,5], [0,0,3,0,6], [0,0,3,0,6]]
     #   calls2-tree [[0,0,10]] * 3                        calls1-tree [[0,0,13]] * 3
+    #   calls2-ctx [[0,0,0,0,7], [0,0,1,1,5], [0,0,1,1,5]]  calls1-ctx [[0,0,13]] * 3 (with the greedy walk's deepest
+    #   path; trying children in order, calls2-ctx stopped at the context chain's depth 3: [[0,0,0,7,1], ...])
     assert (hist[:, num_l] >= 3).all(), hist
     assert (stats.new_tokens == 40).all()
 
@@ -204,7 +210,7 @@ def test_greedy_eos_and_budget_cut_where_ar_does(tiny_lm, variant):
 
 # Accepted drafts in the three rows, half of those measured: the histograms (A = 0..L, summed over rows)
 # were calls2 [26,6,0,0,0], calls1 [46,12,0,0,0], calls2-tree [17,12,0], calls1-tree [37,15,1].
-SMOLLM2_MIN_ACCEPTED = {"calls2": 3, "calls1": 6, "calls2-tree": 6, "calls1-tree": 8}
+SMOLLM2_MIN_ACCEPTED = {"calls2": 3, "calls1": 6, "calls2-tree": 6, "calls1-tree": 8, "calls2-ctx": 3, "calls1-ctx": 8}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -218,7 +224,7 @@ def test_greedy_pass_equals_ar_smollm2(smollm2, variant):
     for a, b in zip(ar, pss):
         np.testing.assert_array_equal(a, b)
     # the shipped vectors' drafts are accepted: fewer calls than ar's 24 per row
-    accepted = int((stats.accepted_hist * np.arange(num_l + 1)).sum())
+    accepted = int((stats.accepted_hist * np.arange(stats.accepted_hist.shape[1])).sum())
     print(variant, "accepted_hist", stats.accepted_hist.sum(0).tolist(), "calls", stats.model_calls.tolist())
     assert accepted >= SMOLLM2_MIN_ACCEPTED[variant] and stats.model_calls.sum() < 3 * 24, stats.accepted_hist
 
@@ -282,6 +288,10 @@ NUM_SAMPLES = 20_000  # 4 seeds x 5,000 rows
 SAMPLED = SamplingConfig(temperature=2.0, top_k=2)  # T = 2 flattens p (about 0.9 / 0.1 at T = 1): more power
 SAMPLED_L = 2
 CHAIN_PROMPT = [1, 2, 3]
+# The context variants' prompt: its suffix 2,3 recurs (continued by 4,5,6, what the chain favours) and
+# the jumps 3,5,7 make other matches propose what the chain rarely does, so context drafts are accepted
+# and rejected
+CONTEXT_PROMPT = [1, 2, 3, 4, 5, 6, 3, 5, 7, 1, 2, 3]
 _forward_jit = jax.jit(forward, static_argnums=1)
 
 
@@ -304,15 +314,16 @@ def exact_law(config, params, prompt, sampling, num_new):
     return law
 
 
-def sampled_law(config, params, vectors, mode, **variant):
-    """(Counter of the sampled sequences, accepted_hist [rows, L+1] of every run)."""
-    counts, hists = collections.Counter(), []
+def sampled_law(config, params, vectors, mode, prompt, **variant):
+    """(Counter of the sampled sequences, accepted_hist [rows, D+1] of every run, accepted context drafts)."""
+    counts, hists, from_context = collections.Counter(), [], 0
     for seed in range(4):
-        out, stats = run(config, params, vectors, [CHAIN_PROMPT] * (NUM_SAMPLES // 4), mode, SAMPLED_L, NUM_NEW,
+        out, stats = run(config, params, vectors, [prompt] * (NUM_SAMPLES // 4), mode, SAMPLED_L, NUM_NEW,
                          sampling=SAMPLED, seed=seed, **variant)
         counts.update(tuple(int(t) for t in row) for row in out)
         hists.append(stats.accepted_hist)
-    return counts, np.concatenate(hists)
+        from_context += int(stats.context_accepted.sum())
+    return counts, np.concatenate(hists), from_context
 
 
 def chi_square(counts, law):
@@ -337,25 +348,32 @@ def chi_square_threshold(df):
 
 @pytest.fixture(scope="module")
 def chain_law(chain_lm):
+    """{variant kind: (prompt, its exact law)}: the context variants decode CONTEXT_PROMPT, the others CHAIN_PROMPT."""
     config, params, _ = chain_lm
-    return exact_law(config, params, CHAIN_PROMPT, SAMPLED, NUM_NEW)
+    return {kind: (prompt, exact_law(config, params, prompt, SAMPLED, NUM_NEW))
+            for kind, prompt in (("chain", CHAIN_PROMPT), ("ctx", CONTEXT_PROMPT))}
 
 
 def sampled_chi_square(chain_lm, chain_law, variant):
+    """(chi2, df, accepted_hist, accepted context drafts) of `variant`'s samples against its prompt's law."""
     config, params, vectors = chain_lm
     mode, settings = ("ar", {}) if variant == "ar" else ("pass", VARIANTS[variant])
-    counts, hist = sampled_law(config, params, vectors[:SAMPLED_L], mode, **settings)
-    return (*chi_square(counts, chain_law), hist)
+    prompt, law = chain_law["ctx" if "drafts" in settings else "chain"]
+    counts, hist, from_context = sampled_law(config, params, vectors[:SAMPLED_L], mode, prompt, **settings)
+    return (*chi_square(counts, law), hist, from_context)
 
 
 @pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
 def test_sampled_pass_matches_exact_law(chain_lm, chain_law, variant):
-    """The law of 7 tokens: draft positions 1 and 2, the bonus, and a second iteration, in every variant."""
-    stat, df, hist = sampled_chi_square(chain_lm, chain_law, variant)
-    print(variant, f"chi2 {stat:.1f} df {df}", "accepted_hist", hist.sum(0).tolist())
+    """The law of 7 tokens: draft positions 1 and 2, the bonus, and a second iteration, in every variant
+    (with context drafts: their chain, deeper than L, and the look-ahead siblings after them)."""
+    stat, df, hist, from_context = sampled_chi_square(chain_lm, chain_law, variant)
+    print(variant, f"chi2 {stat:.1f} df {df}", "accepted_hist", hist.sum(0).tolist(), "context", from_context)
     assert stat < chi_square_threshold(df), (variant, stat, df)
     if variant != "ar":  # the paths were reached: every row ran >= 2 iterations, and A = L is common
-        assert (hist.sum(1) >= 2).all() and hist[:, SAMPLED_L].sum() >= 0.2 * len(hist), hist.sum(0)
+        assert (hist.sum(1) >= 2).all() and hist[:, SAMPLED_L:].sum() >= 0.2 * len(hist), hist.sum(0)
+    if "drafts" in VARIANTS.get(variant, {}):  # context drafts were accepted, and walks went past L
+        assert from_context >= 0.2 * len(hist) and (hist.shape[1] == SAMPLED_L + 1 or hist[:, SAMPLED_L + 1].sum() > 0)
 
 
 @pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
@@ -444,19 +462,42 @@ LOSSY_RULES = {  # name -> (patch(monkeypatch, tree), for trees only)
     "siblings_share_residual": (lambda mp, tree: mp.setattr(sampling_lib, "residual_distribution",
                                                             _siblings_share_residual(tree)), True),
 }
+
+
+_candidate_q = sampling_lib.candidate_q
+
+
+def _context_as_lookahead(q_depth, token, deterministic):
+    """A context draft tested (accepted and residual) against the look-ahead q of its depth, as if drawn from it."""
+    return _candidate_q(q_depth, token, jnp.zeros_like(deterministic))
+
+
+def _context_no_residual(q_depth, token, deterministic):
+    """A context draft accepted with p'(c), but p' not updated after its rejection (its q taken as 0)."""
+    q_token, q_node = _candidate_q(q_depth, token, deterministic)
+    return q_token, jnp.where(deterministic[:, None], 0.0, q_node)
+
+
+CONTEXT_RULES = {name: (lambda mp, rule=rule: mp.setattr(sampling_lib, "candidate_q", rule))
+                 for name, rule in (("context_as_lookahead", _context_as_lookahead),
+                                    ("context_no_residual", _context_no_residual))}
 CONTROLS = [(variant, rule) for variant in VARIANTS for rule, (_, trees_only) in LOSSY_RULES.items()
-            if not trees_only or "draft_tree" in VARIANTS[variant]]
+            if "drafts" not in VARIANTS[variant] and (not trees_only or "draft_tree" in VARIANTS[variant])] + [
+    (variant, rule) for variant in VARIANTS if "drafts" in VARIANTS[variant] for rule in CONTEXT_RULES]
 
 
 @pytest.mark.parametrize("variant, rule", CONTROLS)
 def test_sampled_test_rejects_lossy_rules(chain_lm, chain_law, monkeypatch, variant, rule):
     """Negative controls: the same test must fail each lossy rule, for each variant."""
     tree = DraftTree(VARIANTS[variant].get("draft_tree", (1,) * SAMPLED_L))
-    LOSSY_RULES[rule][0](monkeypatch, tree)
+    if rule in CONTEXT_RULES:
+        CONTEXT_RULES[rule](monkeypatch)
+    else:
+        LOSSY_RULES[rule][0](monkeypatch, tree)
     jax.clear_caches()
     _GENERATORS.clear()  # compile the lossy rule in
     try:
-        stat, df, hist = sampled_chi_square(chain_lm, chain_law, variant)
+        stat, df, *_ = sampled_chi_square(chain_lm, chain_law, variant)
     finally:
         monkeypatch.undo()
         jax.clear_caches()
@@ -478,22 +519,29 @@ def random_distributions(rng, count, vocab):
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
-def _verify_trials(key, tree, p, q, trials):
-    """`trials` calls of `verify` per pair on a one-depth tree whose K siblings are drawn i.i.d. from q,
-    as one batch. Returns (the first committed token, whether a draft was accepted), each [pairs, trials]."""
+def _verify_trials(key, tree, p, q, trials, context):
+    """`trials` calls of `verify` per pair on a one-depth tree whose K siblings are drawn i.i.d. from q
+    (and, with `tree.context`, a context draft: the token context [pairs], tried first), as one batch.
+    Returns (the first committed token, whether a draft was accepted), each [pairs, trials]."""
     rows = p.shape[0] * trials
     p, q = jnp.repeat(p, trials, axis=0), jnp.repeat(q, trials, axis=0)
     draft_key, verify_key = jax.random.split(key)
-    drafts = sample(draft_key, jnp.broadcast_to(q[:, None], (rows, tree.num_nodes, q.shape[1])))
+    drafts = sample(draft_key, jnp.broadcast_to(q[:, None], (rows, tree.lookahead_nodes, q.shape[1])))
+    if tree.context:
+        drafts = jnp.concatenate([drafts, jnp.repeat(context, trials)[:, None]], axis=1)
     targets = jnp.broadcast_to(p[:, None], (rows, tree.num_nodes + 1, p.shape[1]))  # only the root's p matters here
     accepted, path, replacement, _ = sampling_lib.verify(verify_key, tree, drafts, q[:, None], targets)
     first = jnp.where(accepted > 0, drafts[jnp.arange(rows), path[:, 0] - 1], replacement)
     return first.reshape(-1, trials), (accepted > 0).reshape(-1, trials)
 
 
-def exact_acceptance(p, q, siblings):
-    """P(some sibling is accepted) = 1 - prod_k (1 - sum min(p_k, q)), p_k the residual after k rejections."""
+def exact_acceptance(p, q, siblings, context=None):
+    """P(some sibling is accepted) = 1 - prod_k (1 - sum min(p_k, q)), p_k the residual after k rejections;
+    a context draft c, tried first, is accepted with p(c), and its residual is p without c."""
     none = 1.0
+    if context is not None:
+        none, rest = 1 - p[context], np.where(np.arange(len(p)) == context, 0, p)
+        p = rest / rest.sum() if rest.sum() > 0 else p
     for _ in range(siblings):
         none *= 1 - np.minimum(p, q).sum()
         rest = np.maximum(p - q, 0)
@@ -507,31 +555,39 @@ def verify_law_statistics(tree, seed=0):
     rng = np.random.default_rng(seed)
     p = random_distributions(rng, PROPERTY_PAIRS, PROPERTY_VOCAB)
     q = random_distributions(rng, PROPERTY_PAIRS, PROPERTY_VOCAB)
+    # context drafts: q's likeliest token (so the siblings often duplicate it) or any token (p = 0 occurs)
+    context = np.where(np.arange(PROPERTY_PAIRS) % 2, q.argmax(1), rng.integers(PROPERTY_VOCAB, size=PROPERTY_PAIRS))
     first, accepted = jax.device_get(_verify_trials(jax.random.key(seed), tree, jnp.asarray(p, jnp.float32),
-                                                    jnp.asarray(q, jnp.float32), PROPERTY_TRIALS))
+                                                    jnp.asarray(q, jnp.float32), PROPERTY_TRIALS,
+                                                    jnp.asarray(context, jnp.int32)))
     token_stat = token_df = accept_stat = 0
     for row in range(PROPERTY_PAIRS):
         stat, df = chi_square(collections.Counter(first[row].tolist()),
                               {t: p[row, t] for t in np.flatnonzero(p[row])})
         token_stat, token_df = token_stat + stat, token_df + df
-        rate = exact_acceptance(p[row], q[row], tree.branching[0])
+        rate = exact_acceptance(p[row], q[row], tree.branching[0], context[row] if tree.context else None)
         spread = np.sqrt(max(rate * (1 - rate), 1e-12) / PROPERTY_TRIALS)
         accept_stat += ((accepted[row].mean() - rate) / spread) ** 2
     return (token_stat, token_df), (accept_stat, PROPERTY_PAIRS)
 
 
-# the real rule, then each lossy rule that shows in one depth (bonus and q-position controls need two)
-VERIFY_CASES = [(branching, rule) for branching in [(1,), (3,)]
+# the real rule, then each lossy rule that shows in one depth (bonus and q-position controls need two);
+# with a context draft before the siblings (context 1), the real rule and the context rules
+VERIFY_CASES = [(branching, 0, rule) for branching in [(1,), (3,)]
                 for rule in [None, "always_accept", "no_residual"] + ["siblings_share_residual"] * (branching != (1,))]
+VERIFY_CASES += [(branching, 1, rule) for branching in [(1,), (3,)] for rule in [None, *CONTEXT_RULES]]
 
 
-@pytest.mark.parametrize("branching, rule", VERIFY_CASES, ids=[f"{b}-{r}" for b, r in VERIFY_CASES])
-def test_verify_commits_p_and_accepts_at_the_exact_rate(monkeypatch, branching, rule):
+@pytest.mark.parametrize("branching, context, rule", VERIFY_CASES,
+                         ids=[f"{b}-{'ctx-' * c}{r}" for b, c, r in VERIFY_CASES])
+def test_verify_commits_p_and_accepts_at_the_exact_rate(monkeypatch, branching, context, rule):
     """The token committed after a draft (the accepted draft or the residual) is distributed as p, and
     a draft is accepted with probability sum min(p, q) (K i.i.d. siblings: the recursive residual's
-    rate); each lossy rule fails it."""
-    tree = DraftTree(branching)
-    if rule:
+    rate; a context draft c first: p(c), then the siblings against p without c); each lossy rule fails it."""
+    tree = DraftTree(branching, context)
+    if rule in CONTEXT_RULES:
+        CONTEXT_RULES[rule](monkeypatch)
+    elif rule:
         LOSSY_RULES[rule][0](monkeypatch, tree)
     _verify_trials.clear_cache()
     try:

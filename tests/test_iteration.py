@@ -26,6 +26,8 @@ def test_the_default_is_one_call_and_tree_4_2():
     (Iteration(2, (3, 1)), "tree 3,1, 2 calls", [(3, 3), (7, 7)]),  # drafting [x_n, LA_1, LA_2]; root + 3 + 3
     (Iteration(1, (3, 1)), "tree 3,1, 1 call", [(21, 9)]),  # 7 nodes x (1 + 2 look-ahead slots); 7 + one group
     (DEFAULT_ITERATION, "tree 4,2, 1 call", [(39, 15)]),  # 13 nodes x 3
+    (Iteration(1, (4, 2), 4), "tree 4,2, 1 call, context 4", [(51, 19)]),  # 17 nodes x 3; 17 + one group
+    (Iteration(2, (1, 1), 3), "L=2, 2 calls, context 3", [(3, 3), (6, 6)]),  # root + 2 + 3
 ])
 def test_label_round_trips_and_call_shapes(iteration, label, shapes):
     assert iteration.label() == label and Iteration.parse(label) == iteration
@@ -45,10 +47,24 @@ def test_label_round_trips_and_call_shapes(iteration, label, shapes):
     (lambda: Iteration.from_options(draft_tree="a,b"), "comma-separated candidate counts"),
     (lambda: Iteration.from_options("beam"), "mode must be one of"),
     (lambda: Iteration.parse("L=four, 1 call"), "not an iteration label"),
+    (lambda: Iteration.from_options(drafts="lookahead,recycle"), "--drafts takes proposer names from"),
+    (lambda: Iteration.from_options(drafts="context"), "--drafts needs the lookahead proposer"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:x"), "takes a whole number M"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:0"), "needs M >= 1"),
+    (lambda: Iteration.from_options(draft_tree="8,8,2", drafts="lookahead,context:60"),
+     r"draft tree \(8, 8, 2\) and 60 context drafts has 260 nodes; at most 256"),
+    (lambda: Iteration(1, (), 2), "drafts nothing"),
 ])
+
 def test_bad_shapes_are_one_line_errors(build, message):
     with pytest.raises(DecodeError, match=message):
         build()
+
+def test_drafts_name_the_context_chain():
+    assert Iteration.from_options(drafts="lookahead") == DEFAULT_ITERATION
+    assert Iteration.from_options(drafts="lookahead,context") == Iteration(1, (4, 2), 4)
+    assert Iteration.from_options(num_lookahead=3, calls=2, drafts="lookahead, context:6") == Iteration(2, (1, 1, 1), 6)
+    assert Iteration(1, (4, 2), 6).depth == 6 and Iteration(1, (4, 2), 1).depth == 2
 
 
 def test_every_entry_point_defaults_to_the_same_iteration():
