@@ -39,7 +39,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8,
 
 DRAFTS_HELP = ("the draft proposers: lookahead (the look-ahead tree) and context (a chain of M drafts copied "
                "from the row's prompt and output after the latest match of its last 1-3 tokens, validated "
-               "beside the tree; M = 4 unless context:M), e.g. lookahead,context:6 (default lookahead)")
+               "beside the tree; M = 4 unless context:M), e.g. lookahead,context:6 (default: lookahead,context:4 "
+               "with the default tree; lookahead when -L or --draft-tree is given)")
 
 
 def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = None) -> None:

@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 from typing import Any, ClassVar, Sequence
 
-from .defaults import CALLS, DEFAULT_CALLS, DEFAULT_TREE, MODES
+from .defaults import CALLS, DEFAULT_CALLS, DEFAULT_CONTEXT, DEFAULT_TREE, MODES
 from .errors import PassJaxError
 
 MAX_NODES = 256  # draft nodes one validation call may hold
@@ -116,7 +116,8 @@ class Iteration:
         """The iteration that options name, with the defaults where they are None (the one place they
         apply): `mode` "pass" (default) or "ar"; `num_lookahead` L (a chain of L drafts, or the depth
         `draft_tree` must have); `calls`; `draft_tree` (K_1..K_L, or "K1,K2,..."); `drafts` the context
-        chain's length M (or `--drafts`' text, `parse_drafts`). Neither L nor a tree: the default tree.
+        chain's length M (or `--drafts`' text, `parse_drafts`). Neither L nor a tree: the default tree,
+        with `DEFAULT_CONTEXT` context drafts unless `drafts` is given.
         Strings are accepted as the CLI gives them."""
         mode = mode or "pass"
         if mode not in MODES:
@@ -132,7 +133,9 @@ class Iteration:
         calls = DEFAULT_CALLS if calls is None else calls
         context = parse_drafts(drafts) if isinstance(drafts, str) else (drafts or 0)
         if not tree:
-            return cls(calls, DEFAULT_TREE, context) if num_lookahead is None else cls.chain(num_lookahead, calls, context)
+            if num_lookahead is None:  # the default tree, and the default context chain unless --drafts said
+                return cls(calls, DEFAULT_TREE, DEFAULT_CONTEXT if drafts is None else context)
+            return cls.chain(num_lookahead, calls, context)
         if num_lookahead is not None and num_lookahead != len(tree):
             raise DecodeError(f"draft tree {','.join(map(str, tree))} has {len(tree)} depths but --num-lookahead "
                               f"is {num_lookahead}; they must match")
@@ -233,4 +236,4 @@ class Iteration:
 
 
 Iteration.AR = Iteration(1, ())
-DEFAULT_ITERATION = Iteration()
+DEFAULT_ITERATION = Iteration(context=DEFAULT_CONTEXT)

@@ -6,14 +6,17 @@ import sys
 
 import pytest
 
-from pass_jax.defaults import DEFAULT_CALLS, DEFAULT_TREE
+from pass_jax.defaults import DEFAULT_CALLS, DEFAULT_CONTEXT, DEFAULT_TREE
 from pass_jax.iteration import DEFAULT_ITERATION, DecodeError, Iteration
 
 
-def test_the_default_is_one_call_and_tree_4_2():
-    assert DEFAULT_ITERATION == Iteration() == Iteration(DEFAULT_CALLS, DEFAULT_TREE) == Iteration(1, (4, 2))
+def test_the_default_is_one_call_tree_4_2_and_four_context_drafts():
+    assert DEFAULT_ITERATION == Iteration(context=DEFAULT_CONTEXT) == Iteration(DEFAULT_CALLS, DEFAULT_TREE, 4)
+    assert DEFAULT_ITERATION == Iteration(1, (4, 2), 4)
     assert Iteration.from_options() == DEFAULT_ITERATION  # no options: the default
-    assert Iteration.from_options(calls=2) == Iteration(2, (4, 2))
+    assert Iteration.from_options(calls=2) == Iteration(2, (4, 2), 4)
+    assert Iteration.from_options(drafts="lookahead") == Iteration(1, (4, 2))  # --drafts drops the context chain
+    assert Iteration.from_options(draft_tree="4,2") == Iteration(1, (4, 2))  # an explicit shape: no context unless asked
     assert Iteration.from_options(num_lookahead=3) == Iteration(1, (1, 1, 1))  # -L alone: a chain, default calls
     assert Iteration.from_options(num_lookahead="3", calls=2) == Iteration.chain(3, calls=2)  # CLI strings
     assert Iteration.from_options(draft_tree="3,1") == Iteration.from_options(num_lookahead=2, draft_tree=(3, 1))
@@ -25,7 +28,7 @@ def test_the_default_is_one_call_and_tree_4_2():
     (Iteration.chain(4, calls=2), "L=4, 2 calls", [(5, 5), (5, 5)]),
     (Iteration(2, (3, 1)), "tree 3,1, 2 calls", [(3, 3), (7, 7)]),  # drafting [x_n, LA_1, LA_2]; root + 3 + 3
     (Iteration(1, (3, 1)), "tree 3,1, 1 call", [(21, 9)]),  # 7 nodes x (1 + 2 look-ahead slots); 7 + one group
-    (DEFAULT_ITERATION, "tree 4,2, 1 call", [(39, 15)]),  # 13 nodes x 3
+    (Iteration(1, (4, 2)), "tree 4,2, 1 call", [(39, 15)]),  # 13 nodes x 3
     (Iteration(1, (4, 2), 4), "tree 4,2, 1 call, context 4", [(51, 19)]),  # 17 nodes x 3; 17 + one group
     (Iteration(2, (1, 1), 3), "L=2, 2 calls, context 3", [(3, 3), (6, 6)]),  # root + 2 + 3
 ])
@@ -61,7 +64,7 @@ def test_bad_shapes_are_one_line_errors(build, message):
         build()
 
 def test_drafts_name_the_context_chain():
-    assert Iteration.from_options(drafts="lookahead") == DEFAULT_ITERATION
+    assert Iteration.from_options(drafts="lookahead") == Iteration(1, (4, 2))
     assert Iteration.from_options(drafts="lookahead,context") == Iteration(1, (4, 2), 4)
     assert Iteration.from_options(num_lookahead=3, calls=2, drafts="lookahead, context:6") == Iteration(2, (1, 1, 1), 6)
     assert Iteration(1, (4, 2), 6).depth == 6 and Iteration(1, (4, 2), 1).depth == 2

@@ -51,9 +51,9 @@ def test_llama7b_param_bytes_equal_the_real_sharded_shapes(llama7b, plan_7b_2x4)
 
 
 def test_llama7b_cache_bytes(llama7b, plan_7b_2x4):
-    # the default iteration (one call, tree 4,2) is 39 positions wide: 2048 + 39 + 1 slots
+    # the default iteration (one call, tree 4,2, context 4) is 51 positions wide: 2048 + 51 + 1 slots
     length = DecodeSpec(llama7b, max_new_tokens=2048 - 16).buffer_length(16)
-    assert plan_7b_2x4["cache_length"] == length == 2088
+    assert plan_7b_2x4["cache_length"] == length == 2100
     sharding = cache_sharding(llama7b, AbstractMesh((2, 1, 4), MESH_AXES), 8, length)
     per_array = math.prod(sharding.shard_shape((8, length, 32, 128))) * 2
     assert per_array == 4 * length * 8 * 128 * 2  # batch over data=2, heads over tensor=4
@@ -85,7 +85,7 @@ def test_lookahead_memory_counts_every_kind(llama7b):
 
 def test_cli_sizes_the_cache_for_the_iteration_it_names(capsys):
     """plan reads -L/--calls/--draft-tree/--mode as generate does: the KV buffer is max_len + the widest call + 1."""
-    for argv, width in ((["-L", "4", "--calls", "2"], 5), ([], 39), (["--draft-tree", "3,1,1"], 10 * 4),
+    for argv, width in ((["-L", "4", "--calls", "2"], 5), ([], 51), (["--draft-tree", "3,1,1"], 10 * 4),
                         (["--mode", "ar"], 1), (["-L", "0"], 1)):
         code = cli.main(["plan", "--config", "tiny", "--mesh", "1", "--batch", "1", "--max-len", "64", "--json", *argv])
         out, err = capsys.readouterr()
@@ -131,7 +131,7 @@ def test_cli_prints_the_table(capsys):
     code = cli.main(["plan", "--config", "llama1_7b", "--mesh", "2x4", "--batch", "8", "--max-len", "2048"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    for text in ("mesh 2x4 = data 2 x fsdp 1 x tensor 4", "parameters (sharded)", "3.14 GiB", "KV cache (8 x 2088", "tree 4,2, 1 call",
+    for text in ("mesh 2x4 = data 2 x fsdp 1 x tensor 4", "parameters (sharded)", "3.14 GiB", "KV cache (8 x 2100", "tree 4,2, 1 call",
                  "activations (ESTIMATE)", "TPU v4", "TPU v5e", "A100-40GB", "A100-80GB", "H100-80GB",
                  "recommended mesh for 8 devices"):
         assert text in out, out
