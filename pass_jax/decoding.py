@@ -222,6 +222,21 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     return _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
 
 
+def refill(params, lookahead, state: DecodeState, prompt_lengths, prompt_tokens, new_lengths, reset, key,
+           spec: DecodeSpec) -> tuple[DecodeState, jax.Array]:
+    """Start new prompts in the rows `reset` (bool [B]) of a running decode; the other rows go on untouched.
+
+    prompt_tokens [B, P] / new_lengths [B] are the new prompts (rows not reset hold any valid prompt: they
+    are prefilled and thrown away, so the shapes stay static), padded to the state's bucket width P.
+    Every per-row array of a reset row (tokens, length, cache slots, done, stats, drafts) becomes
+    `prefill`'s, so that row continues exactly as the prompt decoded alone would (greedy); the loop's
+    key stays the state's. Returns (state, prompt_lengths) for `decode_steps`."""
+    fresh = prefill(params, lookahead, prompt_tokens, new_lengths, key, spec)._replace(key=None)
+    pick = lambda new, old: jnp.where(reset.reshape(reset.shape + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
+    rows = jax.tree.map(pick, fresh, state._replace(key=None))
+    return rows._replace(key=state.key), jnp.where(reset, new_lengths, prompt_lengths)
+
+
 def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> DecodeState:
     pending = state.lengths - 1
     x_n = jnp.take_along_axis(state.tokens, pending[:, None], axis=1)
@@ -363,3 +378,5 @@ def decode_jit(params, lookahead, prompt_tokens, prompt_lengths, key, spec: Deco
 # `Generator` runs these: `prefill_jit` once, then `decode_steps_jit` in chunks, reading the state between them.
 prefill_jit = jax.jit(prefill, static_argnames=("spec",))
 decode_steps_jit = jax.jit(decode_steps, static_argnames=("spec",), donate_argnames=("state",))
+# `Generator.results` starts queued prompts in finished rows with this between chunks.
+refill_jit = jax.jit(refill, static_argnames=("spec",), donate_argnames=("state",))

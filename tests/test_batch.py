@@ -1,0 +1,119 @@
+"""Generation over a data set: `Generator.results` (buckets, rows refilled between chunks) and
+`pass-jax generate --output` (written as prompts finish, resumed after a kill)."""
+import jax
+import numpy as np
+import pytest
+
+from pass_jax import generate as generate_lib
+from pass_jax import lookahead as lookahead_lib
+from pass_jax.config import load_preset
+from pass_jax.generate import Generator, row_stats
+from pass_jax.iteration import Iteration
+from pass_jax.loading import LoadedModel
+from pass_jax.model import init_params
+
+VARIANTS = {"ar": ("ar", {}), "calls2": ("pass", dict(calls=2)), "calls1": ("pass", dict(calls=1)),
+            "calls2-tree": ("pass", dict(calls=2, draft_tree=(3, 2))),
+            "calls1-tree": ("pass", dict(calls=1, draft_tree=(2, 2)))}
+
+
+class WordTokenizer:
+    """Token ids written as numbers: "5 17 3" is [5, 17, 3]."""
+    eos_token_id = None
+
+    def __call__(self, text):
+        return {"input_ids": [int(word) for word in text.split()]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    config = load_preset("tiny")
+    return config, init_params(config, jax.random.key(1))
+
+
+# Lengths 3..9 share bucket 16; the 20-token prompt has bucket 32 to itself.
+PROMPTS = ["5 17 3", "9 1 44 2", "100 7", "3 3 3 3 3 3 3 3 3", "64 65 66", "12 90 4 4 8",
+           " ".join(str(i) for i in range(20)), "31 30 29"]
+
+
+def _generator(tiny_lm, variant, batch_size, stop=()):
+    config, params = tiny_lm
+    mode, options = VARIANTS[variant]
+    iteration = Iteration.from_options(mode, None, **options)
+    lookahead = (lookahead_lib.init_random(config, iteration.num_lookahead, jax.random.key(4), scale=1.0)
+                 if mode == "pass" else None)
+    return Generator(LoadedModel(config, params, WordTokenizer(), "test"), iteration, lookahead=lookahead,
+                     max_new_tokens=24, batch_size=batch_size, stop_ids=stop, sampling=generate_lib.SamplingConfig(0.0, None))
+
+
+def _alone(generator, prompt):
+    """The prompt decoded alone, in a batch of one: (new tokens, statistics)."""
+    ids = WordTokenizer()(prompt)["input_ids"]
+    state, _ = generator.generate_ids([ids])
+    return state.tokens[0, len(ids):int(state.lengths[0])].tolist(), row_stats(state.stats, 0, len(ids))
+
+
+def _varied_stop(generator):
+    """A stop token that ends rows at varied lengths: prompt 0's 5th new token (decoded without it)."""
+    return generator.generate_ids([WordTokenizer()(PROMPTS[0])["input_ids"]])[0].tokens[0, 3 + 4]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_row_of_a_refilled_batch_equals_its_prompt_decoded_alone(tiny_lm, variant, monkeypatch):
+    """Rows end at a stop token at different times and are refilled between chunks (one loop iteration
+    a chunk): every result, tokens and statistics, equals that prompt decoded alone in a batch of one."""
+    generator = _generator(tiny_lm, variant, 3, stop=(int(_varied_stop(_generator(tiny_lm, variant, 1))),))
+    want = {prompt: _alone(generator, prompt) for prompt in PROMPTS}
+    assert len({len(tokens) for tokens, _ in want.values()}) > 1  # rows really end at different times
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)
+    list(generator.results(PROMPTS[-2:]))  # compiles both buckets
+    refills = []
+    for key, refill in list(generator._refills.items()):
+        generator._refills[key] = lambda *args, refill=refill: refills.append(args[-2]) or refill(*args)
+    results = list(generator.results(PROMPTS))
+    assert sum(int(np.asarray(reset).sum()) for reset in refills) >= 3  # finished rows were refilled
+    assert sorted(r.id for r in results) == list(range(1, len(PROMPTS) + 1))
+    for result in results:
+        tokens, stats = want[result.prompt]
+        assert result.tokens == tokens, (variant, result.id)
+        assert {k: result.stats[k] for k in stats} == stats
+    assert generator.occupancy.useful <= generator.occupancy.row_steps
+
+
+def test_a_refill_that_keeps_the_old_rows_cache_is_caught(tiny_lm, monkeypatch):
+    """The test above fails on a broken refill: one that resets lengths and tokens but leaves the
+    finished row's KV cache (the next prompt then attends to the old prompt's keys)."""
+    from pass_jax import decoding
+
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)
+    real = decoding.refill
+
+    def keeps_cache(params, lookahead, state, *args, spec):
+        refilled, lengths = real(params, lookahead, state, *args, spec=spec)
+        return refilled._replace(cache=state.cache), lengths
+
+    monkeypatch.setattr(generate_lib, "refill_jit", jax.jit(keeps_cache, static_argnames=("spec",)))
+    generator = _generator(tiny_lm, "ar", 3, stop=(int(_varied_stop(_generator(tiny_lm, "ar", 1))),))
+    wrong = sum(result.tokens != _alone(generator, result.prompt)[0] for result in generator.results(PROMPTS))
+    assert wrong
+
+
+def test_results_read_prompts_lazily_and_tell_occupancy(tiny_lm):
+    """At most `window` prompts are read ahead of the decode; ids are given ones or positions."""
+    generator = _generator(tiny_lm, "ar", 2)
+    read = []
+
+    def prompts():
+        for number, text in enumerate(PROMPTS[:6]):
+            read.append(number)
+            yield (f"p{number}", text)
+
+    stream = generator.results(prompts(), window=3)
+    first = next(stream)
+    assert len(read) <= 3 + 2  # the window, and what refilled the rows
+    rest = list(stream)
+    assert sorted(r.id for r in [first] + rest) == [f"p{i}" for i in range(6)]
+    assert 0 < generator.occupancy.fraction <= 1
