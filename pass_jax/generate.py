@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
-from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit, refill_jit
+from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit, reset_rows_jit
 from .distributed import agree, gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .iteration import Iteration
@@ -279,7 +279,6 @@ class Generator:
             self.lookahead = lookahead.prepare(model.config, iteration.num_lookahead)
             self.lookahead_source = lookahead.source
         self._compiled: dict[tuple[int, int], Any] = {}
-        self._refills: dict[tuple[int, int], Any] = {}
         self.compile_s = 0.0
         self.occupancy = Occupancy()  # over every batch this generator ran
 
@@ -362,17 +361,6 @@ class Generator:
         """Loop iterations each row has run, from its host `DecodeStats` (the prefill is its first call)."""
         return (np.asarray(stats.model_calls) - 1) // self.iteration.calls
 
-    def _refill_executable(self, batch: int, width: int, args, state_info):
-        """AOT-compile `decoding.refill` per (batch, bucket), like `_executables`."""
-        key = (batch, width)
-        if key not in self._refills:
-            start = time.perf_counter()
-            params, lookahead, tokens, lengths, prng = args
-            self._refills[key] = refill_jit.lower(params, lookahead, state_info, lengths, tokens, lengths,
-                                                  np.zeros(batch, bool), prng, spec=self.spec).compile()
-            self.compile_s += time.perf_counter() - start
-        return self._refills[key]
-
     def results(self, prompts: Iterable[str | tuple[Any, str]], seed: int = 0,
                 window: int | None = None) -> Iterator[GenerationResult]:
         """Generate for every prompt, yielding each result as soon as its prompt is done (in any order;
@@ -380,8 +368,8 @@ class Generator:
 
         Prompts are read lazily: at most `window` (default 8 batches) wait, grouped by bucket width. A
         batch is taken from the fullest bucket, and between chunks of the loop a finished row is
-        refilled with the next prompt of that bucket (`decoding.refill`), so rows stay busy until the
-        bucket runs dry. One compilation per (batch, bucket). Greedy, a result equals the prompt
+        refilled with the next prompt of that bucket (its prefill, merged in by `decoding.reset_rows`),
+        so rows stay busy until the bucket runs dry. One compilation per (batch, bucket). Greedy, a result equals the prompt
         decoded alone; sampled, it follows the same law, but its draws depend on the rows it shared
         a batch with (the loop's key is the batch's), so they differ from `generate`'s. One process.
         """
@@ -429,7 +417,6 @@ class Generator:
             key = jax.random.fold_in(jax.random.key(seed), batch_number)
             args = (params, lookahead, jnp.asarray(tokens), jnp.asarray(lengths), key)
             prefill, steps = self._executables(size, width, args)
-            refill = self._refill_executable(size, width, args, prefill.out_info)
             state, lengths = prefill(*args), args[3]
             # padding rows are done from the start: the loop skips them
             state = state._replace(done=state.done | jnp.asarray([r is None for r in rows]))
@@ -459,9 +446,10 @@ class Generator:
                         started[row], iterations[row] = time.perf_counter(), 0  # a fresh prefill's count
                     refills += 1
                     tokens, new_lengths = _padded(prompt_ids, width)
-                    state, lengths = refill(params, lookahead, state, lengths, jnp.asarray(tokens),
-                                            jnp.asarray(new_lengths), jnp.asarray(reset),
-                                            jax.random.fold_in(key, refills))
+                    new_lengths = jnp.asarray(new_lengths)
+                    fresh = prefill(params, lookahead, jnp.asarray(tokens), new_lengths,
+                                    jax.random.fold_in(key, refills))
+                    state, lengths = reset_rows_jit(state, fresh, lengths, new_lengths, jnp.asarray(reset))
                 if all(item is None for item in rows):
                     break
                 before, cap = iterations, chunks.steps

@@ -7,10 +7,12 @@ import pytest
 from pass_jax import generate as generate_lib
 from pass_jax import lookahead as lookahead_lib
 from pass_jax.config import load_preset
+from pass_jax.decoding import reset_rows, reset_rows_jit
 from pass_jax.generate import Generator, row_stats
 from pass_jax.iteration import Iteration
 from pass_jax.loading import LoadedModel
 from pass_jax.model import init_params
+from pass_jax.sampling import GREEDY
 
 VARIANTS = {"ar": ("ar", {}), "calls2": ("pass", dict(calls=2)), "calls1": ("pass", dict(calls=1)),
             "calls2-tree": ("pass", dict(calls=2, draft_tree=(3, 2))),
@@ -46,7 +48,7 @@ def _generator(tiny_lm, variant, batch_size, stop=()):
     lookahead = (lookahead_lib.init_random(config, iteration.num_lookahead, jax.random.key(4), scale=1.0)
                  if mode == "pass" else None)
     return Generator(LoadedModel(config, params, WordTokenizer(), "test"), iteration, lookahead=lookahead,
-                     max_new_tokens=24, batch_size=batch_size, stop_ids=stop, sampling=generate_lib.SamplingConfig(0.0, None))
+                     max_new_tokens=24, batch_size=batch_size, stop_ids=stop, sampling=GREEDY)
 
 
 def _alone(generator, prompt):
@@ -69,10 +71,9 @@ def test_every_row_of_a_refilled_batch_equals_its_prompt_decoded_alone(tiny_lm, 
     want = {prompt: _alone(generator, prompt) for prompt in PROMPTS}
     assert len({len(tokens) for tokens, _ in want.values()}) > 1  # rows really end at different times
     monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)
-    list(generator.results(PROMPTS[-2:]))  # compiles both buckets
     refills = []
-    for key, refill in list(generator._refills.items()):
-        generator._refills[key] = lambda *args, refill=refill: refills.append(args[-2]) or refill(*args)
+    monkeypatch.setattr(generate_lib, "reset_rows_jit",
+                        lambda *args: refills.append(args[-1]) or reset_rows_jit(*args))
     results = list(generator.results(PROMPTS))
     assert sum(int(np.asarray(reset).sum()) for reset in refills) >= 3  # finished rows were refilled
     assert sorted(r.id for r in results) == list(range(1, len(PROMPTS) + 1))
@@ -86,16 +87,13 @@ def test_every_row_of_a_refilled_batch_equals_its_prompt_decoded_alone(tiny_lm, 
 def test_a_refill_that_keeps_the_old_rows_cache_is_caught(tiny_lm, monkeypatch):
     """The test above fails on a broken refill: one that resets lengths and tokens but leaves the
     finished row's KV cache (the next prompt then attends to the old prompt's keys)."""
-    from pass_jax import decoding
-
     monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)
-    real = decoding.refill
 
-    def keeps_cache(params, lookahead, state, *args, spec):
-        refilled, lengths = real(params, lookahead, state, *args, spec=spec)
+    def keeps_cache(state, fresh, *args):
+        refilled, lengths = reset_rows(state, fresh, *args)  # unjitted: the old cache is not donated
         return refilled._replace(cache=state.cache), lengths
 
-    monkeypatch.setattr(generate_lib, "refill_jit", jax.jit(keeps_cache, static_argnames=("spec",)))
+    monkeypatch.setattr(generate_lib, "reset_rows_jit", keeps_cache)
     generator = _generator(tiny_lm, "ar", 3, stop=(int(_varied_stop(_generator(tiny_lm, "ar", 1))),))
     wrong = sum(result.tokens != _alone(generator, result.prompt)[0] for result in generator.results(PROMPTS))
     assert wrong
