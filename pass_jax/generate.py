@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
-from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit, reset_rows_jit
+from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit, start_row_jit
 from .distributed import agree, gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .iteration import Iteration
@@ -279,6 +279,7 @@ class Generator:
             self.lookahead = lookahead.prepare(model.config, iteration.num_lookahead)
             self.lookahead_source = lookahead.source
         self._compiled: dict[tuple[int, int], Any] = {}
+        self._row_prefills: dict[int, Any] = {}  # the prefill of one row per bucket (`results` refills)
         self.compile_s = 0.0
         self.occupancy = Occupancy()  # over every batch this generator ran
 
@@ -319,6 +320,16 @@ class Generator:
             self._compiled[key] = prefill, steps
             self.compile_s += time.perf_counter() - start
         return self._compiled[key]
+
+    def _row_prefill(self, width: int, args):
+        """The compiled prefill of one prompt at bucket `width` (`args` as for it), timed like `_executables`."""
+        if (1, width) in self._compiled:
+            return self._compiled[1, width][0]
+        if width not in self._row_prefills:
+            start = time.perf_counter()
+            self._row_prefills[width] = prefill_jit.lower(*args, spec=self.spec).compile()
+            self.compile_s += time.perf_counter() - start
+        return self._row_prefills[width]
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seed: int = 0,
                      on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
@@ -368,7 +379,7 @@ class Generator:
 
         Prompts are read lazily: at most `window` (default 8 batches) wait, grouped by bucket width. A
         batch is taken from the fullest bucket, and between chunks of the loop a finished row is
-        refilled with the next prompt of that bucket (its prefill, merged in by `decoding.reset_rows`),
+        refilled with the next prompt of that bucket (its prefill alone, written in by `decoding.start_row`),
         so rows stay busy until the bucket runs dry. One compilation per (batch, bucket). Greedy, a result equals the prompt
         decoded alone; sampled, it follows the same law, but its draws depend on the rows it shared
         a batch with (the loop's key is the batch's), so they differ from `generate`'s. One process.
@@ -439,17 +450,13 @@ class Generator:
                         rows[row] = None
                 read_ahead()
                 free = [row for row, item in enumerate(rows) if item is None]
-                if new := take(queue, len(free)):
-                    reset, prompt_ids = np.zeros(size, bool), [new[0].ids] * size
-                    for row, item in zip(free, new):
-                        rows[row], prompt_ids[row], reset[row] = item, item.ids, True
-                        started[row], iterations[row] = time.perf_counter(), 0  # a fresh prefill's count
+                for row, item in zip(free, take(queue, len(free))):
+                    rows[row], started[row], iterations[row] = item, time.perf_counter(), 0  # a fresh prefill's
                     refills += 1
-                    tokens, new_lengths = _padded(prompt_ids, width)
-                    new_lengths = jnp.asarray(new_lengths)
-                    fresh = prefill(params, lookahead, jnp.asarray(tokens), new_lengths,
-                                    jax.random.fold_in(key, refills))
-                    state, lengths = reset_rows_jit(state, fresh, lengths, new_lengths, jnp.asarray(reset))
+                    tokens, new_length = (jnp.asarray(a) for a in _padded([item.ids], width))
+                    one = (params, lookahead, tokens, new_length, jax.random.fold_in(key, refills))
+                    state, lengths = start_row_jit(state, self._row_prefill(width, one)(*one), lengths, new_length,
+                                                   np.int32(row))
                 if all(item is None for item in rows):
                     break
                 before, cap = iterations, chunks.steps
