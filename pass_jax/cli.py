@@ -11,8 +11,9 @@ import time
 import traceback
 import warnings
 
-from .cli_args import (add_iteration_args, add_model_arg, add_sampling_args, enable_compilation_cache,
-                       iteration_from_args, log, read_lookahead_arg, read_prompts, sampling_from_args, seed_arg)
+from .cli_args import (add_iteration_args, add_overwrite_arg, add_model_arg, add_sampling_args, enable_compilation_cache,
+                       iteration_from_args, log, prompt_records, read_lookahead_arg, read_prompts, sampling_from_args,
+                       seed_arg)
 from .defaults import DEFAULT_MODEL, MODES
 from .errors import PassJaxError
 
@@ -40,6 +41,14 @@ template gets each prompt as a user message and generates the assistant's answer
 the template's end-of-turn token. --no-chat feeds the prompt as raw text to continue (base models,
 completion). The bundled model gets a short default system prompt, which it answers short questions
 better with (the run prints it; --system replaces it); other models get their template's own.
+
+batch jobs: --output FILE.jsonl writes one line per prompt as it finishes, with the prompt's id (its
+"id" key, or its line number), in any order. A kill (or Ctrl-C) loses only the prompts in flight:
+the same command resumes, skipping the ids written; other settings are refused (--overwrite starts
+over). Prompts are read lazily, decoded in batches of one length bucket, and a row whose answer
+ends takes the next prompt between chunks of the loop. Sampled answers depend on the seed and on
+which prompts shared a batch; greedy answers equal each prompt decoded alone.
+  pass-jax generate --prompts prompts.jsonl --output answers.jsonl --batch-size 8 --temperature 0
 
 streaming: on a terminal (or with --stream) each answer prints as its tokens are committed. --json
 and batches (--batch-size > 1) print when a prompt, or a batch, is done.
@@ -79,19 +88,28 @@ def cmd_generate(args) -> int:
     from .loading import context_length, load_model
 
     # Reject bad settings before spending seconds on loading the model.
-    prompts = read_prompts(args.prompt, args.prompts)
     sampling = sampling_from_args(args)
     iteration = iteration_from_args(args, args.mode, auto=True)  # an Iteration, or "auto" (tuned)
+    if args.output is not None:
+        output = _check_output(args, iteration)
+        prompts = [output.first]
+    else:
+        prompts = read_prompts(args.prompt, args.prompts)
     check_budget(args.max_new_tokens)
     if args.batch_size < 1:
         raise PassJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.stream and args.json:
         raise PassJaxError("--stream prints text as it comes and --json one object per prompt: choose one")
+    if args.stream and args.output is not None:
+        raise PassJaxError("--output writes each answer to its file when it is done: drop --stream")
+    if args.overwrite and args.output is None:
+        raise PassJaxError("--overwrite replaces an --output file: give --output FILE.jsonl")
     if args.stream and args.batch_size > 1:
         raise PassJaxError("--stream shows one prompt at a time: use --batch-size 1 (batches print when done)")
     if args.system is not None and args.chat is False:
         raise PassJaxError("--system needs the chat template: drop --no-chat")
-    stream = (sys.stdout.isatty() if args.stream is None else args.stream) and not args.json and args.batch_size == 1
+    stream = (sys.stdout.isatty() if args.stream is None else args.stream) and not args.json and \
+        args.batch_size == 1 and args.output is None
     context = context_length(args.model)
     if context is not None and args.max_new_tokens >= context:
         raise PassJaxError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens "
@@ -118,6 +136,8 @@ def cmd_generate(args) -> int:
     if iteration.mode == "pass":
         log(f"PaSS: {iteration.label()} per iteration, look-ahead parameters: {generator.lookahead_source}")
     log("compiling the decode loop (once per prompt-length bucket) ...")
+    if args.output is not None:
+        return _generate_to_file(args, generator, output, load_s)
     shown: list[int] = []
 
     def show(index: int, piece: str) -> None:
@@ -134,9 +154,7 @@ def cmd_generate(args) -> int:
         results = []  # already shown
     for result in results:
         if args.json:
-            keys = ("model_calls", "new_tokens", "tokens_per_call", "mean_accepted", "wall_s", "tokens_per_s")
-            print(json.dumps({"prompt": result.prompt, "text": result.text, "tokens": result.tokens,
-                              "stats": {k: result.stats[k] for k in keys}}), flush=True)
+            print(json.dumps(_result_record(result)), flush=True)
         else:
             print(_shown_prompt(result.prompt, generator.chat) + result.text, flush=True)
             print(SEPARATOR, flush=True)
@@ -148,6 +166,87 @@ def cmd_generate(args) -> int:
             f"tokens per model call (mean accepted drafts {summary['mean_accepted']:.2f}); load {load_s:.1f} s, "
             f"compile {summary['compile_s']:.1f} s, generate {summary['wall_s']:.1f} s")
     return 0
+
+RESULT_KEYS = ("model_calls", "new_tokens", "tokens_per_call", "mean_accepted", "wall_s", "tokens_per_s")
+
+
+def _result_record(result, with_id: bool = False) -> dict:
+    """A result as `--json` and `--output` write it."""
+    record = {"id": result.id} if with_id else {}
+    return {**record, "prompt": result.prompt, "text": result.text, "tokens": result.tokens,
+            "stats": {k: result.stats[k] for k in RESULT_KEYS}}
+
+
+def _output_settings(args, iteration) -> dict:
+    """What an --output file records and a resumed run must match: every setting its answers depend on."""
+    return {"model": args.model, "mode": args.mode,
+            "iteration": iteration if isinstance(iteration, str) else iteration.label(),
+            "lookahead": args.lookahead if args.mode == "pass" else None, "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+            "batch_size": args.batch_size, "chat": args.chat, "system": args.system}
+
+
+def _check_output(args, iteration):
+    """Before the model loads: the --output file (settings, ids done) and one pass over the prompts (each
+    line checked, the prompts left to do counted). Returns a namespace: path, settings, done, todo, first."""
+    import types
+    from pathlib import Path
+
+    from . import results_file
+
+    if args.prompts is not None and not Path(args.prompts).is_file():
+        raise PassJaxError("--output reads --prompts twice (checked before the model loads, then decoded): "
+                           "give a file, not standard input or a pipe")
+    settings = _output_settings(args, iteration)
+    path, done = results_file.check(args.output, settings, args.overwrite)
+    todo, first = 0, None
+    for prompt_id, text in prompt_records(args.prompt, args.prompts):
+        first = text if first is None else first
+        todo += results_file.id_key(prompt_id) not in done
+    if first is None:
+        raise PassJaxError("no prompt: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    return types.SimpleNamespace(path=path, settings=settings, done=done, todo=todo, first=first)
+
+
+def _generate_to_file(args, generator, output, load_s: float) -> int:
+    """Decode the prompts not yet in the --output file, appending each result as it finishes."""
+    from tqdm.auto import tqdm
+
+    from . import results_file
+    from .generate import summarize
+
+    with results_file.ResultsWriter(output.path, output.settings, args.overwrite) as writer:
+        log(f"--output {output.path}: {len(writer.done)} prompts done already, {output.todo} to go")
+        todo = ((prompt_id, text) for prompt_id, text in prompt_records(args.prompt, args.prompts)
+                if results_file.id_key(prompt_id) not in writer.done)
+        totals, count, start, compiled = None, 0, time.perf_counter(), generator.compile_s
+        with tqdm(total=output.todo, desc="generating", unit="prompt", dynamic_ncols=True) as bar:
+            for result in generator.results(todo, seed=args.seed):
+                writer.write(_result_record(result, with_id=True))
+                count += 1
+                totals = _add_stats(totals, result.stats)
+                bar.update()
+                decode_s = time.perf_counter() - start - (generator.compile_s - compiled)  # compiling is not decoding
+                bar.set_postfix_str(f"{totals['new_tokens'] / decode_s:.1f} tok/s", refresh=False)
+    decode_s = time.perf_counter() - start - (generator.compile_s - compiled)
+    summary = summarize([totals] if totals else [], decode_s, generator.compile_s)
+    summary.update(prompts=count, useful_row_fraction=generator.occupancy.fraction)
+    log(f"wrote {count} results to {output.path}: {summary['new_tokens']} tokens, {summary['tokens_per_s']:.1f} "
+        f"tok/s (compile {summary['compile_s']:.1f} s apart), {summary['useful_row_fraction']:.0%} of row-steps "
+        "decoded a prompt")
+    if args.json:
+        print(json.dumps({"summary": {**output.settings, **summary, "load_s": load_s}}))
+    return 0
+
+
+def _add_stats(totals, stats):
+    """Running sums of the per-prompt statistics `summarize` adds up (memory that does not grow with prompts)."""
+    summed = ("model_calls", "new_tokens", "iterations", "accepted_drafts")
+    listed = ("accepted_hist", "position_reached", "position_accepted")
+    if totals is None:
+        return {k: stats[k] for k in summed} | {k: list(stats[k]) for k in listed}
+    return ({k: totals[k] + stats[k] for k in summed}
+            | {k: [a + b for a, b in zip(totals[k], stats[k])] for k in listed})
 
 
 def _tuned(args, model, lookahead, sampling, chat, first_prompt: str):
@@ -225,6 +324,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0)")
     gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt, then a summary line")
+    gen.add_argument("--output", metavar="FILE.jsonl",
+                     help="a batch job: append one JSON line per prompt (its id, text, tokens, stats) as it finishes, "
+                          "prompts sorted into length buckets and finished rows refilled; rerunning the same "
+                          "command resumes, skipping the ids written (see below)")
+    add_overwrite_arg(gen)
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                      help="--chat: put each prompt into the tokenizer's chat template as a user message and "
                           "generate the answer; --no-chat: continue the raw text. Default: chat when the "

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 from .defaults import CALLS, DEFAULT_CALLS, DEFAULT_MODEL, DEFAULT_TREE, cache_dir
 from .errors import PassJaxError
@@ -121,38 +122,39 @@ def read_lookahead_arg(spec: str):
     return None if spec in LOOKAHEAD_NAMES else lookahead_lib.read_file(spec)
 
 
-def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str]:
-    """--prompt TEXT (repeatable) then the prompts of --prompts FILE.jsonl (one {"prompt": ...} a line)."""
-    prompts = list(prompt or [])
+def prompt_records(prompt: list[str] | None, prompts_file: str | None) -> Iterator[tuple[Any, str]]:
+    """(id, text) of --prompt TEXT (repeatable; ids "--prompt 1", ...) then of --prompts FILE.jsonl (one
+    {"prompt": ...} a line, read lazily; its "id", or else its line number). An empty prompt or an id
+    seen before is one error line, raised when that line is reached."""
+    from . import jsonl
+
+    seen: set[str] = set()
+
+    def checked(record_id, text: str, where: str) -> tuple[Any, str]:
+        if not text.strip():
+            raise PassJaxError(f"{where}: empty prompt: every prompt needs some text to continue")
+        key = json.dumps(record_id)
+        if key in seen:
+            raise PassJaxError(f"{where}: duplicate id {key}: each prompt needs its own id")
+        seen.add(key)
+        return record_id, text
+
+    for number, text in enumerate(prompt or [], 1):
+        yield checked(f"--prompt {number}", text, f"--prompt {number}")
     if prompts_file:
-        # `-` is standard input, as for Unix tools; so are /dev/stdin, a named pipe or <(...), which are
-        # not regular files but read fine.
-        path = Path("<stdin>" if prompts_file == "-" else prompts_file)
-        if prompts_file != "-" and not path.exists():
-            raise PassJaxError(f"prompts file {path} not found")
-        if path.is_dir():
-            raise PassJaxError(f"prompts file {path} is a directory")
-        try:
-            data = sys.stdin.buffer.read() if prompts_file == "-" else path.read_bytes()
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise PassJaxError(f"prompts file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-        except OSError as err:
-            raise PassJaxError(f"prompts file {path}: cannot read it ({err.strerror or err})") from None
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise PassJaxError(f"{path}:{number}: not a JSON object") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise PassJaxError(f'{path}:{number}: each line needs a string "prompt" key')
-            prompts.append(record["prompt"])
+        name = "<stdin>" if prompts_file == "-" else prompts_file
+        for number, record in jsonl.records(prompts_file, "prompt", what="prompts file"):
+            record_id = record.get("id", number)
+            if not isinstance(record_id, (str, int)) or isinstance(record_id, bool):
+                raise PassJaxError(f'{name}:{number}: "id" must be a string or an integer, got {record_id!r:.40}')
+            yield checked(record_id, record["prompt"], f"{name}:{number}")
+
+
+def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str]:
+    """Every prompt of `prompt_records`, in order; none at all is an error."""
+    prompts = [text for _, text in prompt_records(prompt, prompts_file)]
     if not prompts:
         raise PassJaxError("no prompt: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
-    if any(not p.strip() for p in prompts):
-        raise PassJaxError("empty prompt: every prompt needs some text to continue")
     return prompts
 
 

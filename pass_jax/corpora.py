@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import os
 import re
 import subprocess
@@ -38,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from pass_jax import defaults
+from pass_jax import defaults, jsonl
 from pass_jax.errors import PassJaxError
 from tqdm import tqdm
 
@@ -193,19 +192,10 @@ def _read_utf8(path: Path) -> str:
 def _jsonl_documents(path: Path) -> list[Document]:
     """Documents from a JSON-lines file with a ``text`` key and optional ``id``."""
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise CorpusError(f"{path}:{lineno}: not valid JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise CorpusError(f'{path}:{lineno}: expected an object with a string "text"')
-            doc_id = str(record.get("id", f"{path.name}:{lineno}"))
-            if record["text"].strip():
-                docs.append(Document(doc_id, doc_id, record["text"]))
+    for lineno, record in jsonl.records(path, "text", CorpusError, what="corpus file"):
+        doc_id = str(record.get("id", f"{path.name}:{lineno}"))
+        if record["text"].strip():
+            docs.append(Document(doc_id, doc_id, record["text"]))
     return docs
 
 

@@ -228,6 +228,20 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     return _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
 
 
+def start_row(state: DecodeState, fresh: DecodeState, prompt_lengths, fresh_length, row
+              ) -> tuple[DecodeState, jax.Array]:
+    """Start a new prompt in row `row` (an int32 scalar: data) of a running decode; the other rows go on.
+
+    `fresh` is `prefill`'s state for the new prompt alone (batch 1, `fresh_length` [1] its length) at
+    the running state's bucket width. Every per-row array of that row (tokens, length, cache slots,
+    done, stats, drafts) becomes the fresh one's, written in place, so the row continues exactly as the
+    prompt decoded alone would (greedy); the loop's key stays the running state's. Returns
+    (state, prompt_lengths) for `decode_steps`."""
+    put = lambda old, new: lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), row, axis=0)  # noqa: E731
+    rows = jax.tree.map(put, state._replace(key=None), fresh._replace(key=None))
+    return rows._replace(key=state.key), put(prompt_lengths, fresh_length)
+
+
 def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> DecodeState:
     pending = state.lengths - 1
     x_n = jnp.take_along_axis(state.tokens, pending[:, None], axis=1)
@@ -376,3 +390,5 @@ def decode_jit(params, lookahead, prompt_tokens, prompt_lengths, key, spec: Deco
 # `Generator` runs these: `prefill_jit` once, then `decode_steps_jit` in chunks, reading the state between them.
 prefill_jit = jax.jit(prefill, static_argnames=("spec",))
 decode_steps_jit = jax.jit(decode_steps, static_argnames=("spec",), donate_argnames=("state",))
+# `Generator.results` starts a queued prompt in a finished row with `prefill_jit` (batch 1) and this, between chunks.
+start_row_jit = jax.jit(start_row, donate_argnames=("state",))

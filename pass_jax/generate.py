@@ -5,11 +5,13 @@ Python-side state lives only here and in the CLI; `decoding` stays pure.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import sys
 import time
 import types
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import lookahead as lookahead_lib
-from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit
+from .decoding import DecodeSpec, check_context, decode_steps, decode_steps_jit, prefill_jit, start_row_jit
 from .distributed import agree, gather_to_host, global_array_from_local, process_local_batch, replicate
 from .errors import PassJaxError
 from .iteration import Iteration
@@ -47,6 +49,7 @@ class GenerationResult:
     text: str
     tokens: list[int]
     stats: dict[str, Any]
+    id: Any = None  # `Generator.results`: the prompt's id (given, or its 1-based position)
 
 
 def resolve_chat(tokenizer, chat: bool | str) -> bool:
@@ -128,8 +131,9 @@ def bucket_width(length: int, max_len: int) -> int:
     return min(width, max_len)
 
 
-def row_stats(state, row: int, prompt_length: int) -> dict[str, Any]:
-    s = jax.tree.map(lambda x: np.asarray(x[row]), state.stats)
+def row_stats(stats, row: int, prompt_length: int) -> dict[str, Any]:
+    """Row `row`'s statistics from a (host) `DecodeStats`, as JSON-ready numbers."""
+    s = jax.tree.map(lambda x: np.asarray(x[row]), stats)
     calls, new = int(s.model_calls), int(s.new_tokens)
     iterations = int(s.accepted_hist.sum())
     accepted = int((s.accepted_hist * np.arange(len(s.accepted_hist))).sum())
@@ -168,6 +172,52 @@ def summarize(stats: Sequence[dict[str, Any]], wall_s: float, compile_s: float) 
         "tokens_per_s": new / wall_s if wall_s > 0 else 0.0,
         "compile_s": compile_s,
     }
+
+
+def _padded(prompt_ids: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts right-padded to `width`: (tokens int32 [B, width], lengths int32 [B])."""
+    tokens = np.zeros((len(prompt_ids), width), np.int32)
+    for row, ids in enumerate(prompt_ids):
+        tokens[row, :len(ids)] = ids
+    return tokens, np.asarray([len(p) for p in prompt_ids], np.int32)
+
+
+class _Chunks:
+    """Runs the loop a chunk at a time; a chunk's iteration count grows (at most 4x a chunk) until a
+    chunk takes about CHUNK_INTERVAL_S. That count comes from a clock, so each process would choose its
+    own: every process runs process 0's (`agree`)."""
+
+    def __init__(self):
+        self.steps = 1  # the next chunk's iteration cap
+
+    def run(self, steps, params, lookahead, state, lengths):
+        tick = time.perf_counter()
+        state = steps(params, lookahead, state, lengths, np.int32(self.steps))
+        jax.block_until_ready(state.lengths)
+        per_step = (time.perf_counter() - tick) / self.steps
+        self.steps = agree(max(1, min(4 * self.steps, int(CHUNK_INTERVAL_S / per_step))))
+        return state
+
+
+@dataclasses.dataclass
+class Occupancy:
+    """Row-steps of the decode loop: every row of every loop iteration (`row_steps`) and those whose
+    row held a prompt still decoding (`useful`); padding rows and finished rows waiting for the
+    rest of their batch are the difference."""
+
+    row_steps: int = 0
+    useful: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.useful / self.row_steps if self.row_steps else 0.0
+
+
+@dataclasses.dataclass
+class _Queued:
+    id: Any
+    prompt: str
+    ids: list[int]
 
 
 class Generator:
@@ -232,7 +282,9 @@ class Generator:
             self.lookahead = lookahead.prepare(model.config, iteration.num_lookahead)
             self.lookahead_source = lookahead.source
         self._compiled: dict[tuple[int, int], Any] = {}
+        self._row_prefills: dict[int, Any] = {}  # the prefill of one row per bucket (`results` refills)
         self.compile_s = 0.0
+        self.occupancy = Occupancy()  # over every batch this generator ran
 
     def encode(self, prompt: str) -> list[int]:
         if not prompt or not prompt.strip():
@@ -272,6 +324,16 @@ class Generator:
             self.compile_s += time.perf_counter() - start
         return self._compiled[key]
 
+    def _row_prefill(self, width: int, args):
+        """The compiled prefill of one prompt at bucket `width` (`args` as for it), timed like `_executables`."""
+        if (1, width) in self._compiled:
+            return self._compiled[1, width][0]
+        if width not in self._row_prefills:
+            start = time.perf_counter()
+            self._row_prefills[width] = prefill_jit.lower(*args, spec=self.spec).compile()
+            self.compile_s += time.perf_counter() - start
+        return self._row_prefills[width]
+
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seed: int = 0,
                      on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
         """Decode one batch of token-id prompts; returns (the final DecodeState on host, wall seconds).
@@ -284,10 +346,7 @@ class Generator:
         batch, longest = len(prompt_ids), max(len(p) for p in prompt_ids)
         check_context(self.spec, longest, GenerationError)  # as in encode, for callers that skip it
         width = bucket_width(longest, self.model.config.max_seq_len)
-        tokens = np.zeros((batch, width), np.int32)
-        for row, ids in enumerate(prompt_ids):
-            tokens[row, :len(ids)] = ids
-        lengths = np.asarray([len(p) for p in prompt_ids], np.int32)
+        tokens, lengths = _padded(prompt_ids, width)
         key, lookahead = jax.random.key(seed), self.lookahead
         if self.mesh is None:
             tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
@@ -300,22 +359,111 @@ class Generator:
         prefill, steps = self._executables(batch, width, args)
         start = time.perf_counter()
         state = prefill(*args)
-        chunk = 1
+        chunks = _Chunks()
         while True:
             if on_chunk is not None:
                 host_tokens, host_lengths = gather_to_host((state.tokens, state.lengths))
                 on_chunk(host_tokens, host_lengths)
             if gather_to_host(state.done).all():
                 break
-            tick = time.perf_counter()
-            state = steps(self.model.params, lookahead, state, lengths, np.int32(chunk))
-            jax.block_until_ready(state.lengths)
-            per_step = (time.perf_counter() - tick) / chunk
-            # Grow at most 4x per read; from a clock, so each process would choose its own: use process 0's.
-            chunk = agree(max(1, min(4 * chunk, int(CHUNK_INTERVAL_S / per_step))))
+            state = chunks.run(steps, self.model.params, lookahead, state, lengths)
         jax.block_until_ready(state.tokens)
         wall = time.perf_counter() - start
         return gather_to_host(state._replace(cache=None, key=None)), wall
+
+    def _iterations(self, stats) -> np.ndarray:
+        """Loop iterations each row has run, from its host `DecodeStats` (the prefill is its first call)."""
+        return (np.asarray(stats.model_calls) - 1) // self.iteration.calls
+
+    def results(self, prompts: Iterable[str | tuple[Any, str]], seed: int = 0,
+                window: int | None = None) -> Iterator[GenerationResult]:
+        """Generate for every prompt, yielding each result as soon as its prompt is done (in any order;
+        `result.id` says which: the id given as `(id, prompt)`, or the prompt's 1-based position).
+
+        Prompts are read lazily: at most `window` (default 8 batches) wait, grouped by bucket width. A
+        batch is taken from the fullest bucket, and between chunks of the loop a finished row is
+        refilled with the next prompt of that bucket (its prefill alone, written in by `decoding.start_row`),
+        so rows stay busy until the bucket runs dry. One compilation per (batch, bucket). Greedy, a result equals the prompt
+        decoded alone; sampled, it follows the same law, but its draws depend on the rows it shared
+        a batch with (the loop's key is the batch's), so they differ from `generate`'s. One process.
+        """
+        if self.mesh is not None:
+            raise GenerationError("results() runs on one process; on a mesh use generate()")
+        window = max(window or 8 * self.batch_size, self.batch_size)
+
+        def queued(position: int, prompt: str | tuple[Any, str]) -> _Queued:
+            prompt_id, text = prompt if isinstance(prompt, tuple) else (position, prompt)
+            return _Queued(prompt_id, text, self.encode(text))
+
+        for item, new_ids, stats in self._decode_queue(itertools.starmap(queued, enumerate(prompts, 1)), seed,
+                                                       window):
+            text = decode_whole_characters(self.model.tokenizer, new_ids)
+            yield GenerationResult(item.prompt, text, new_ids, stats, id=item.id)
+
+    def _decode_queue(self, items: Iterator[_Queued], seed: int, window: int):
+        """`results` on token ids: yields (item, new token ids, stats) as each row finishes."""
+        size, max_len = self.batch_size, self.model.config.max_seq_len
+        params, lookahead = self.model.params, self.lookahead
+        queues: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+        waiting = 0
+
+        def read_ahead() -> None:
+            nonlocal waiting
+            while waiting < window and (item := next(items, None)) is not None:
+                queues[bucket_width(len(item.ids), max_len)].append(item)
+                waiting += 1
+
+        def take(queue: collections.deque, count: int) -> list[_Queued]:
+            nonlocal waiting
+            taken = [queue.popleft() for _ in range(min(count, len(queue)))]
+            waiting -= len(taken)
+            return taken
+
+        read_ahead()
+        for batch_number in itertools.count():
+            if not waiting:
+                return
+            width = max(queues, key=lambda w: len(queues[w]))
+            queue = queues[width]
+            rows: list[_Queued | None] = take(queue, size)
+            rows += [None] * (size - len(rows))
+            tokens, lengths = _padded([(r or rows[0]).ids for r in rows], width)
+            key = jax.random.fold_in(jax.random.key(seed), batch_number)
+            args = (params, lookahead, jnp.asarray(tokens), jnp.asarray(lengths), key)
+            prefill, steps = self._executables(size, width, args)
+            state, lengths = prefill(*args), args[3]
+            # padding rows are done from the start: the loop skips them
+            state = state._replace(done=state.done | jnp.asarray([r is None for r in rows]))
+            started = [time.perf_counter()] * size
+            chunks, refills, before, cap = _Chunks(), 0, None, 0
+            while True:
+                host_lengths, done, stats, host_tokens = gather_to_host(
+                    (state.lengths, state.done, state.stats, state.tokens))
+                iterations = self._iterations(stats)
+                if before is not None:  # the chunk ran `cap` iterations, or until its last row ended
+                    ran = iterations - before
+                    self.occupancy.useful += int(ran.sum())
+                    self.occupancy.row_steps += size * (int(ran.max()) if done.all() else cap)
+                for row, item in enumerate(rows):
+                    if item is not None and done[row]:
+                        wall = time.perf_counter() - started[row]
+                        result = row_stats(stats, row, len(item.ids))
+                        result.update(wall_s=wall, tokens_per_s=result["new_tokens"] / wall)
+                        yield item, host_tokens[row, len(item.ids):host_lengths[row]].tolist(), result
+                        rows[row] = None
+                read_ahead()
+                free = [row for row, item in enumerate(rows) if item is None]
+                for row, item in zip(free, take(queue, len(free))):
+                    rows[row], started[row], iterations[row] = item, time.perf_counter(), 0  # a fresh prefill's
+                    refills += 1
+                    tokens, new_length = (jnp.asarray(a) for a in _padded([item.ids], width))
+                    one = (params, lookahead, tokens, new_length, jax.random.fold_in(key, refills))
+                    state, lengths = start_row_jit(state, self._row_prefill(width, one)(*one), lengths, new_length,
+                                                   np.int32(row))
+                if all(item is None for item in rows):
+                    break
+                before, cap = iterations, chunks.steps
+                state = chunks.run(steps, params, lookahead, state, lengths)
 
     def generate(self, prompts: Sequence[str], seed: int = 0, progress: bool = False,
                  stream: Callable[[int, str], None] | None = None) -> tuple[list[GenerationResult], dict]:
@@ -347,10 +495,13 @@ class Generator:
                     stream(index, pieces.push(tokens[0, prompt_length:lengths[0]].tolist()))
             state, wall = self.generate_ids(padded, seed=seed + start, on_chunk=on_chunk)
             wall_total += wall
+            iterations = self._iterations(state.stats)
+            self.occupancy.row_steps += size * int(iterations.max())  # the loop ran until its last row ended
+            self.occupancy.useful += int(iterations[:len(chunk)].sum())
             for row, ids in enumerate(chunk):
                 length = int(state.lengths[row])
                 new_ids = [int(t) for t in state.tokens[row, len(ids):length]]
-                stats = row_stats(state, row, len(ids))
+                stats = row_stats(state.stats, row, len(ids))
                 stats.update(wall_s=wall, tokens_per_s=stats["new_tokens"] / wall if wall > 0 else 0.0)
                 text = decode_whole_characters(self.model.tokenizer, new_ids)
                 if text_stream is not None and (rest := text_stream.finish(text)):

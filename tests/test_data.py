@@ -187,7 +187,7 @@ def test_unknown_source_and_split() -> None:
 def test_bad_jsonl_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{not json\n')
-    with pytest.raises(CorpusError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: not a JSON object"):
         data.load_documents(str(path), data_dir=tmp_path / "t")
 
 
