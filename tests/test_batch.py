@@ -15,6 +15,7 @@ import pytest
 from conftest import SP_WORDS
 
 from pass_jax import cli, results_file
+from pass_jax.cli_args import iteration_from_args
 
 from pass_jax import generate as generate_lib
 from pass_jax import lookahead as lookahead_lib
@@ -213,8 +214,8 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path, capsys, lines, extra,
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(lines)
     output = tmp_path / "out.jsonl"
-    settings = cli._output_settings(cli.build_parser("generate").parse_args(
-        ["generate", "--prompt", "x", "--temperature", "0"]), Iteration.from_options("pass", None))
+    args = cli.build_parser("generate").parse_args(["generate", "--prompt", "x", "--temperature", "0"])
+    settings = cli._output_settings(args, iteration_from_args(args, args.mode, auto=True))  # as generate records them
     with results_file.ResultsWriter(output, settings, overwrite=False) as writer:
         writer.write({"id": 1, "text": "kept"})
     before = output.read_bytes()
