@@ -72,7 +72,8 @@ def iteration_from_args(args, mode: str | None = "pass", auto: bool = False):
 
     if auto and mode != "ar":
         if args.num_lookahead == "auto":
-            if Iteration.from_options(mode, None, args.calls, args.draft_tree, args.drafts).context:  # checks the rest
+            drafts = 0 if args.drafts is None else args.drafts  # the default context chain is not asked for here
+            if Iteration.from_options(mode, None, args.calls, args.draft_tree, drafts).context:  # checks the rest
                 raise DecodeError("-L auto predicts look-ahead drafts only: drop --drafts context, or give -L N or "
                                   "--draft-tree with it")
             return "auto"
