@@ -1,6 +1,7 @@
 """Shared session fixtures: the tiny random model, the bundled SmolLM2 (loaded once) and tiny HF checkpoints."""
 from __future__ import annotations
 
+import gc
 import os
 import random
 from pathlib import Path
@@ -8,9 +9,8 @@ from pathlib import Path
 import jax
 import pytest
 
-# No persistent XLA compilation cache in the test session (a test that is about the cache turns it on for its
-# own subprocess): with it on, jax 0.10.2's executable.serialize() aborted, then segfaulted, the whole pytest
-# process in two full-suite runs (test_greedy_pass_equals_ar_smollm2), not in that test run alone.
+# No persistent XLA compilation cache in the test session: the tests leave the user's cache alone (a test
+# about the cache turns it on for its own subprocess).
 os.environ.setdefault("PASS_JAX_COMPILATION_CACHE", "0")
 
 SP_WORDS = ("the quick brown fox jumps over a lazy dog while parallel speculative sampling drafts several "
@@ -83,6 +83,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if f"{item.path.name}::{item.originalname}" in SLOW:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_compiled_programs():
+    """Drop every compiled program after each test module. XLA:CPU maps a few memory regions per loaded
+    executable and JAX keeps them all; over the full suite (thousands of programs) the process reached
+    Linux's limit of 65,530 mappings (vm.max_map_count), and the next compilation aborted the whole pytest
+    process (measured: ~14,000 mappings after test_decoding.py alone; a compile at the limit fails)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
