@@ -134,8 +134,8 @@ def remove(path) -> None:
             try:
                 shutil.rmtree(path)
                 return
-            except OSError:
-                if attempt == 4:
+            except OSError as err:
+                if err.errno != errno.ENOTEMPTY or attempt == 4:
                     raise
                 time.sleep(0.2)
     elif path.is_dir():
