@@ -127,8 +127,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def remove(path) -> None:
     """Delete a file or directory tree (local or gs://), if it exists."""
-    if path.is_dir():
-        shutil.rmtree(path) if isinstance(path, Path) else path.rmtree()
+    if path.is_dir() and isinstance(path, Path):
+        # A writer's background threads (Orbax's, cut off by Ctrl-C) may still add a file while the tree
+        # goes: "Directory not empty" (a fresh-clone CI run); try again briefly.
+        for attempt in range(5):
+            try:
+                shutil.rmtree(path)
+                return
+            except OSError as err:
+                if err.errno != errno.ENOTEMPTY or attempt == 4:
+                    raise
+                time.sleep(0.2)
+    elif path.is_dir():
+        path.rmtree()
     elif path.exists():
         path.unlink()
 
