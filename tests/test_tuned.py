@@ -58,7 +58,7 @@ def test_tuned_once_then_reused_and_explicit_options_win(setup):
     assert len(picks) == 1 and "tuning PaSS" not in err and "tuned earlier" in err, err
     assert summary["label"] == "L=1, 1 call"
     for argv, label in ((["--mode", "ar"], "ar"), (["-L", "2"], "L=2, 1 call"),
-                        (["--calls", "2"], "tree 4,2, 2 calls"), (["--draft-tree", "2"], "tree 2, 1 call")):
+                        (["--calls", "2"], "tree 4,2, 2 calls, context 4"), (["--draft-tree", "2"], "tree 2, 1 call")):
         summary, err = run(*argv)
         assert len(picks) == 1 and "decoding with" not in err, (argv, err)
         assert summary["label"] == label, (argv, summary)
