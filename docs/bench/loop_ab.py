@@ -13,9 +13,9 @@ Usage:
     .venv/bin/python docs/bench/loop_ab.py projection 24 "ar;L=1, 1 call;L=1, 2 calls"
 """
 import sys, time, statistics
-import jax, jax.numpy as jnp, numpy as np
+import jax, numpy as np
+from _steps import compiled_loop
 from pass_jax.loading import load_model
-from pass_jax.generate import Generator, resolve_lookahead
 from pass_jax.iteration import Iteration
 from pass_jax.sampling import PAPER, SamplingConfig
 from pass_jax import model as model_lib
@@ -25,9 +25,6 @@ model = load_model("smollm2-135m"); cfg = model.config
 tok = model.tokenizer
 text = open(sys.argv[4]).read() if len(sys.argv) > 4 else "def fibonacci(n):\n    " * 20
 ids = tok(text)["input_ids"][:200]
-width = 256
-tokens = jnp.asarray(np.pad(np.asarray([ids], np.int32), ((0, 0), (0, width - len(ids)))))
-lengths = jnp.asarray([len(ids)], jnp.int32)
 real_support, real_rowwise = SamplingConfig.support, model_lib.ROWWISE_PROJECTION_MAX
 
 
@@ -40,23 +37,17 @@ def use(variant):
 VARIANTS = {"sampling": ("dense", "support"), "projection": ("fused", "rowwise")}[change]
 
 
-def build(it):
-    la = None if it.mode == "ar" else resolve_lookahead(model, "code", num_lookahead=it.num_lookahead)
-    g = Generator(model, it, lookahead=la, max_new_tokens=4 * N + 8, sampling=PAPER)
-    args = (model.params, g.lookahead, tokens, lengths, jax.random.key(1))
-    return g, args, g._executables(1, width, args)
-
 runs = {}
 for variant in VARIANTS:
     use(variant)
     jax.clear_caches()
     for label in labels:
-        runs[(label, variant)] = build(Iteration.parse(label))
+        runs[(label, variant)] = compiled_loop(model, Iteration.parse(label), PAPER, [ids], 4 * N + 8)
 use(None)
 times = {k: [] for k in runs}; toks = {}
 for r in range(5):
     for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-        g, args, (prefill, steps) = runs[k]
+        g, prefill, steps, args, lengths = runs[k]
         s = prefill(*args); jax.block_until_ready(s)
         t = time.perf_counter()
         s = steps(model.params, g.lookahead, s, lengths, np.int32(N)); jax.block_until_ready(s.lengths)

@@ -15,10 +15,9 @@ import sys
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from pass_jax.generate import Generator, resolve_lookahead
+from _steps import compiled_loop
 from pass_jax.iteration import Iteration
 from pass_jax.loading import load_model
 from pass_jax.sampling import PAPER
@@ -33,14 +32,7 @@ SKIP = ("Pjit", "Execute", "Allocate", "Handle", "Parse", "$", "Thunk", "while",
 
 
 def profile(iteration: Iteration):
-    la = None if iteration.mode == "ar" else resolve_lookahead(model, "code", num_lookahead=iteration.num_lookahead)
-    g = Generator(model, iteration, lookahead=la, max_new_tokens=4 * N + 8, sampling=PAPER)
-    g.generate_ids(prompt)
-    width = 256
-    tokens = jnp.asarray(np.pad(np.asarray(prompt, np.int32), ((0, 0), (0, width - 200))))
-    lengths = jnp.asarray([200], jnp.int32)
-    args = (model.params, g.lookahead, tokens, lengths, jax.random.key(1))
-    prefill, steps = g._executables(1, width, args)
+    g, prefill, steps, args, lengths = compiled_loop(model, iteration, PAPER, prompt, 4 * N + 8)
     if hlo_dir:
         with open(f"{hlo_dir}/{iteration.label().replace(' ', '_').replace(',', '')}.hlo.txt", "w") as f:
             f.write(steps.as_text())
