@@ -20,7 +20,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 from .errors import PassJaxError
-from .iteration import Iteration
+from .iteration import DEFAULT_ITERATION, Iteration
 
 # The candidates, in one place (`candidate_iterations`): the chains up to MAX_AUTO_L and these trees
 # (each a tree's branching, its length L), with one or two calls, no call wider than MAX_WIDTH inputs.
@@ -32,6 +32,11 @@ MAX_AUTO_L = 8
 CPU_MAX_WIDTH = 5
 # Predictions leave out the loop's own work, so the best few are timed as real decode loops.
 TIMED_CANDIDATES = 2
+# Context drafts (prompt lookup in the row's own tokens) have no acceptance metadata to predict them from,
+# so these are always timed as real decode loops: on a CPU narrow ones (widths 4, 6 and 8: two calls with
+# L=1 and 2 context drafts; one call with L=1 and 1 or 2), elsewhere the default iteration with its chain.
+CPU_CONTEXT_CANDIDATES = (Iteration(2, (1,), 2), Iteration(1, (1,), 1), Iteration(1, (1,), 2))
+ACCELERATOR_CONTEXT_CANDIDATES = (DEFAULT_ITERATION,)
 
 
 class AutotuneError(PassJaxError):
@@ -71,7 +76,8 @@ def predictable(iteration: Iteration, acceptance: dict[str, list[float | None]])
 
 def predict(iteration: Iteration, acceptance: dict[str, list[float]], relative_cost: dict[tuple[int, int], float]
             ) -> dict[str, float]:
-    """Tokens per call and the speed ratio against ar for one iteration."""
+    """Tokens per call and the speed ratio against ar for one iteration. Context drafts are not counted
+    (no metadata predicts them), so for an iteration with a context chain this is a lower bound."""
     accepted = expected_accepted(acceptance, iteration.draft_tree)
     tokens = accepted + iteration.calls  # two calls: d_1, A drafts, one more; one call: A drafts, one more
     cost = sum(relative_cost[shape] for shape in iteration.call_shapes())
@@ -159,27 +165,32 @@ def _tokens_per_second(generator, prompt, seed: int) -> float:
     return int(np.sum(jax.device_get(state.stats.new_tokens))) / seconds
 
 
-def timed_ratio(model, iteration: Iteration, lookahead, sampling, batch_size: int = 1, new_tokens: int = 64,
-                rounds: int = 5, prompt_ids: Sequence[int] | None = None) -> float:
-    """The iteration's committed tokens per second against ar's, both from the real jitted decode loop
+def timed_ratios(model, iterations: Sequence[Iteration], lookahead, sampling, batch_size: int = 1,
+                 new_tokens: int = 64, rounds: int = 5, prompt_ids: Sequence[int] | None = None) -> list[float]:
+    """Each iteration's committed tokens per second against ar's, all from the real jitted decode loops
     on `prompt_ids` (the user's own prompt; default a fixed 64-token one), after a warm-up. This counts
     what the call-cost prediction leaves out (sampling, the rejection rule, tree bookkeeping, K/V
     moves) and the acceptance the drafts really get on this prompt, which can be far below the
-    metadata's (measured after corpus text, not after the model's own output). Rounds use new seeds
-    and alternate which runs first; the result is the median of the per-round ratios. `lookahead`:
-    what `Generator` takes (a `lookahead.Resolved` or parameters)."""
+    metadata's (measured after corpus text, not after the model's own output), context drafts' included.
+    Each round uses a new seed and runs ar and every iteration once, in an order rotated per round; an
+    iteration's result is the median of its per-round ratios to that round's ar. `lookahead`: what
+    `Generator` takes (a `lookahead.Resolved` or parameters)."""
     ar = _loop_generator(model, sampling, Iteration.AR, None, batch_size, new_tokens)
-    candidate = _loop_generator(model, sampling, iteration, lookahead, batch_size, new_tokens)
+    candidates = [_loop_generator(model, sampling, iteration, lookahead, batch_size, new_tokens)
+                  for iteration in iterations]
     vocab = model.config.vocab_size
     prompt = [list(prompt_ids) if prompt_ids is not None else [(7 * i + 3) % vocab for i in range(64)]] * batch_size
-    for generator in (ar, candidate):
+    everyone = [ar, *candidates]
+    for generator in everyone:
         generator.generate_ids(prompt)  # compile and warm up
-    ratios = []
+    ratios = [[] for _ in candidates]
     for seed in range(1, rounds + 1):
-        order = [ar, candidate][::1 if seed % 2 else -1]
-        rate = {id(generator): _tokens_per_second(generator, prompt, seed) for generator in order}
-        ratios.append(rate[id(candidate)] / rate[id(ar)])
-    return statistics.median(ratios)
+        shift = seed % len(everyone)
+        rate = {id(generator): _tokens_per_second(generator, prompt, seed)
+                for generator in everyone[shift:] + everyone[:shift]}
+        for row, generator in zip(ratios, candidates):
+            row.append(rate[id(generator)] / rate[id(ar)])
+    return [statistics.median(row) for row in ratios]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -196,7 +207,8 @@ class Pick:
 
     def summary(self) -> str:
         """One line: the choice and why."""
-        head = f"{self.best.label()}, {self.prediction['tokens_per_call']:.2f} tokens per call, predicted " \
+        uncounted = " without its context drafts" if self.best.context else ""
+        head = f"{self.best.label()}, {self.prediction['tokens_per_call']:.2f} tokens per call{uncounted}, predicted " \
                f"{self.prediction['ratio_vs_ar']:.2f}x ar from call costs"
         if self.timed_ratio is None:
             return f"no PaSS iteration is predicted to beat autoregressive decoding here (best: {head}); ar"
@@ -204,35 +216,42 @@ class Pick:
         return f"{head}, {self.timed_ratio:.2f}x ar from the timed decode loops; {verdict}"
 
 
+def context_candidates(backend: str) -> tuple[Iteration, ...]:
+    """The iterations with a context chain that `pick` times on `backend` (they cannot be predicted)."""
+    return CPU_CONTEXT_CANDIDATES if backend == "cpu" else ACCELERATOR_CONTEXT_CANDIDATES
+
+
 def pick(model, lookahead, sampling, batch_size: int = 1, prompt_ids: Sequence[int] | None = None,
          costs: dict[tuple[int, int], float] | None = None, log=lambda message: None) -> Pick:
     """The one chooser (`generate`'s tuned default and `-L auto`, `bench`'s auto row): predict every
     candidate iteration from `lookahead.metadata`'s acceptance (a `lookahead.Resolved`) and this
     backend's call costs (timed here; `costs`, if given, holds shapes timed already and gets the new
-    ones), then time the decode loops of the TIMED_CANDIDATES best predictions above 1.0x against ar's
-    on `prompt_ids` and keep the fastest, or ar when none beats it."""
+    ones), then time against ar's, in the same rounds on `prompt_ids`, the decode loops of the
+    TIMED_CANDIDATES best predictions above 1.0x and of every `context_candidates` iteration (whose
+    context drafts no prediction counts), and keep the fastest, or ar when none beats it."""
     acceptance = acceptance_table(lookahead.metadata, sampling.greedy)
     if acceptance is None:
         raise AutotuneError("-L auto needs the look-ahead parameters' measured acceptance (an \"acceptance\" entry in "
                             "their JSON metadata, written by `pass-jax train eval --write-metadata`); give -L N instead")
     import jax
 
-    max_width = CPU_MAX_WIDTH if jax.default_backend() == "cpu" else None
+    backend = jax.default_backend()
+    max_width = CPU_MAX_WIDTH if backend == "cpu" else None
     candidates = [c for c in candidate_iterations(max_width=max_width) if predictable(c, acceptance)]
+    with_context = [c for c in context_candidates(backend) if predictable(c, acceptance)]
     costs = {} if costs is None else costs
-    missing = {shape for c in candidates for shape in c.call_shapes()} - set(costs)
+    missing = {shape for c in candidates + with_context for shape in c.call_shapes()} - set(costs)
     if missing:
         log(f"autotune: timing one decode call per candidate shape ({len(missing)}) on this backend ...")
         costs.update(measure_call_costs(model, missing, batch_size))
-    rows = choose(candidates, acceptance, relative(costs))
-    promising = [row for row in rows[:TIMED_CANDIDATES] if row[1]["ratio_vs_ar"] > 1.0]
-    if not promising:
+    rows = choose(candidates + with_context, acceptance, relative(costs))
+    predicted = [row for row in rows if not row[0].context][:TIMED_CANDIDATES]
+    timed = [row for row in predicted if row[1]["ratio_vs_ar"] > 1.0] + [row for row in rows if row[0].context]
+    if not timed:
         return Pick(Iteration.AR, *rows[0], None, rows, costs)
-    timed = []
-    for iteration, prediction in promising:
-        log(f"autotune: {iteration.label()}, predicted {prediction['ratio_vs_ar']:.2f}x ar from call costs; timing "
-            "its decode loop against ar's on the first prompt ...")
-        timed.append((timed_ratio(model, iteration, lookahead, sampling, batch_size, prompt_ids=prompt_ids),
-                      iteration, prediction))
-    ratio, best, prediction = max(timed, key=lambda t: t[0])
+    log(f"autotune: timing the decode loops of {'; '.join(iteration.label() for iteration, _ in timed)} against ar's "
+        "on the first prompt ...")
+    ratios = timed_ratios(model, [iteration for iteration, _ in timed], lookahead, sampling, batch_size,
+                          prompt_ids=prompt_ids)
+    ratio, (best, prediction) = max(zip(ratios, timed), key=lambda t: t[0])
     return Pick(best if ratio > 1.0 else Iteration.AR, best, prediction, ratio, rows, costs)

@@ -257,7 +257,18 @@ def gather_positions(x, index):
     return out if index.ndim == 2 else out[:, 0]
 
 
+# On XLA:CPU a product of 2 rows with the vocabulary table ran as one YNNPACK fusion at 2-3x a 1-row product,
+# which takes Eigen's matrix-vector path; two 1-row products cost 2x. At 3 rows the two tie, past that the
+# fusion wins (docs/BENCHMARKS.md, "The vocabulary projection of 2 rows"). 0 turns this off.
+ROWWISE_PROJECTION_MAX = 2
+
+
 def _project(x, weight, config: LlamaConfig):
+    rows = math.prod(x.shape[:-1])
+    if 1 < rows <= ROWWISE_PROJECTION_MAX and jax.default_backend() == "cpu":
+        flat = x.reshape(rows, x.shape[-1])
+        logits = [_project(flat[i:i + 1], weight, config) for i in range(rows)]
+        return jnp.concatenate(logits).reshape(*x.shape[:-1], -1)
     if config.tie_embeddings:  # contract with the [V, D] table directly: no transposed copy per call
         return jnp.einsum("...d,vd->...v", x, weight.astype(config.jnp_dtype), preferred_element_type=jnp.float32)
     return jnp.dot(x, weight.astype(config.jnp_dtype), preferred_element_type=jnp.float32)

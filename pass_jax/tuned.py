@@ -22,9 +22,10 @@ import numpy as np
 from .defaults import cache_dir
 from .iteration import Iteration
 
-# Part of every profile's key: bump it when a change makes some decode loop faster or slower (2: PaSS
-# sampling among the top-k tokens), so that profiles timed on the old loop are tuned again.
-VERSION = 2
+# Part of every profile's key: bump it when a change makes some decode loop faster or slower or changes the
+# candidates (2: PaSS sampling among the top-k tokens; 3: context-draft candidates, 2-row projections row by
+# row), so that profiles tuned before are tuned again.
+VERSION = 3
 # What a tuning costs on the project's 2-core CPU with SmolLM2-135M (measured: docs/BENCHMARKS.md), for
 # the line that announces it; other machines take what they take.
 TUNING_ESTIMATE_S = 60

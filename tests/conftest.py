@@ -22,7 +22,7 @@ SP_WORDS = ("the quick brown fox jumps over a lazy dog while parallel speculativ
 # them. Names without parameters; a test not listed is quick.
 SLOW = frozenset({
     "test_autotune.py::test_generate_auto_picks_a_setting_or_ar",
-    "test_autotune.py::test_timed_ratio_runs_the_real_loops",
+    "test_autotune.py::test_timed_ratios_runs_the_real_loops",
     "test_batch.py::test_every_row_of_a_refilled_batch_equals_its_prompt_decoded_alone",
     "test_batch.py::test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run",
     "test_bench.py::test_auto_row_is_the_best_predicted_setting",

@@ -75,39 +75,55 @@ def test_generate_auto_picks_a_setting_or_ar(make_hf_llama, tmp_path, capsys, mo
                         lambda model, shapes, batch_size=1: {s: 1 + 0.01 * s[0] for s in {(1, 1), *shapes}})
     hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
     vectors = jax.random.normal(jax.random.key(0), (2, hidden)) * 0.02
-    timed, prompts_seen = [], []  # the loop timer's ratio against ar (a stand-in for the timer), its prompts
-    monkeypatch.setattr(autotune, "timed_ratio",
-                        lambda *args, prompt_ids=None, **kwargs: prompts_seen.append(prompt_ids) or timed[0])
+    timed, prompts_seen, timed_sets = [], [], []  # the loop timer's ratio against ar (a stand-in), its prompts
+
+    def timed_ratios(model, iterations, *args, prompt_ids=None, **kwargs):
+        prompts_seen.append(prompt_ids)
+        timed_sets.append(list(iterations))
+        return [timed[0]] * len(iterations)
+
+    monkeypatch.setattr(autotune, "timed_ratios", timed_ratios)
     reads = []  # the look-ahead file is read once per command, whatever auto picks
     real_read = lookahead.read
     monkeypatch.setattr(lookahead, "read", lambda *args, **kwargs: reads.append(1) or real_read(*args, **kwargs))
-    cases = ((0.99, 1.5, "x ar from the timed decode loops; "), (0.99, 0.9, "x ar from the timed decode loops; ar"),
-             (0.0, 1.5, "no PaSS iteration is predicted to beat"))
-    for rates, ratio, expect in cases:
-        timed[:], reads[:] = [ratio], []
+    # zero acceptance: no prediction passes 1.0x, but the context candidates are timed all the same;
+    # without context candidates nothing is timed and the prediction alone chooses ar
+    cases = ((0.99, 1.5, autotune.CPU_CONTEXT_CANDIDATES, "x ar from the timed decode loops; "),
+             (0.99, 0.9, autotune.CPU_CONTEXT_CANDIDATES, "x ar from the timed decode loops; ar"),
+             (0.0, 1.5, autotune.CPU_CONTEXT_CANDIDATES, "without its context drafts"),
+             (0.0, 1.5, (), "no PaSS iteration is predicted to beat"))
+    for rates, ratio, context, expect in cases:
+        timed[:], reads[:], timed_sets[:] = [ratio], [], []
+        monkeypatch.setattr(autotune, "CPU_CONTEXT_CANDIDATES", context)
         acceptance = {str(k): [rates, rates] for k in (1, 2, 3, 4)}
-        path = tmp_path / f"la{rates}-{ratio}.npz"
+        path = tmp_path / f"la{rates}-{ratio}-{len(context)}.npz"
         lookahead.save(path, vectors, {"acceptance": {"sampled": acceptance, "greedy": acceptance}})
         code = main(["generate", "--model", str(hf_dir), "--lookahead", str(path), "-L", "auto", "--prompt", "the fox",
                      "--max-new-tokens", "4", "--json", "--retune"])  # the same parameters each case: tune again
         out, err = capsys.readouterr()
         assert code == 0 and expect in err, err
         assert len(reads) == 1, reads
-        mode = json.loads(out.splitlines()[-1])["summary"]["mode"]  # what it decoded with
-        assert mode == ("pass" if ratio > 1 and rates else "ar"), (mode, err)
+        summary = json.loads(out.splitlines()[-1])["summary"]  # what it decoded with
+        assert summary["mode"] == ("pass" if ratio > 1 and (rates or context) else "ar"), (summary, err)
+        # one timing for all, ar shared: the two best predictions when they pass 1.0x, every context candidate
+        if rates or context:
+            assert len(timed_sets) == 1 and len(timed_sets[0]) == (2 if rates else 0) + len(context), timed_sets
+            assert set(timed_sets[0][len(timed_sets[0]) - len(context):]) == set(context), timed_sets
+        else:
+            assert not timed_sets
     # the loop check decodes the user's own prompt (here raw: the tiny model has no chat template)
     from pass_jax.loading import load_model
     assert prompts_seen and prompts_seen[0] == list(load_model(str(hf_dir)).tokenizer("the fox")["input_ids"])
 
 
-def test_timed_ratio_runs_the_real_loops(make_hf_llama, tmp_path):
-    """The loop timer runs the real jitted decode of ar and of a PaSS setting on a loaded model."""
+def test_timed_ratios_runs_the_real_loops(make_hf_llama, tmp_path):
+    """The loop timer runs the real jitted decode of ar and of PaSS settings, one with a context chain,
+    in shared rounds on a loaded model."""
     from pass_jax.loading import load_model
     from pass_jax.sampling import SamplingConfig
 
     model = load_model(str(make_hf_llama(tmp_path / "llama")[0]))
     vectors = jax.random.normal(jax.random.key(0), (2, model.config.hidden_size)) * 0.02
-    for iteration in (Iteration(2, (1,)), Iteration(1, (2, 1))):
-        ratio = autotune.timed_ratio(model, iteration, vectors[:iteration.num_lookahead], SamplingConfig(),
-                                     new_tokens=16, rounds=2, prompt_ids=[5, 9, 2, 7])
-        assert 0 < ratio < float("inf")
+    ratios = autotune.timed_ratios(model, [Iteration(2, (1,)), Iteration(1, (2, 1)), Iteration(1, (1,), 2)],
+                                   vectors, SamplingConfig(), new_tokens=16, rounds=2, prompt_ids=[5, 9, 2, 7])
+    assert len(ratios) == 3 and all(0 < ratio < float("inf") for ratio in ratios)

@@ -637,3 +637,24 @@ def test_stop_ids_end_a_row_at_that_token(tiny_lm, mode):
     state, _ = Generator(model, **settings, stop_ids=(stop,)).generate_ids(prompt)
     stopped = [int(t) for t in state.tokens[0, 19:int(state.lengths[0])]]
     assert stopped == free[:free.index(stop) + 1] and len(stopped) < len(free)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_two_rows_are_projected_row_by_row_on_cpu_with_the_same_logits(tiny, tie):
+    """On XLA:CPU 2 rows go onto the vocabulary as two 1-row products (faster there than one 2-row
+    product): the same logits as one product, whatever the leading shape; 1 and 3 rows stay one product."""
+    import dataclasses
+
+    from pass_jax import model as model_lib
+
+    config = dataclasses.replace(tiny[0], tie_embeddings=tie)
+    vocab, hidden = config.vocab_size, config.hidden_size
+    weight = jax.random.normal(jax.random.key(1), (vocab, hidden) if tie else (hidden, vocab))
+    table = weight.T if tie else weight
+    for shape in ((2, hidden), (1, 2, hidden), (1, 1, hidden), (3, hidden)):
+        x = jax.random.normal(jax.random.key(sum(shape)), shape)
+        project = jax.jit(lambda x: model_lib._project(x, weight, config))
+        np.testing.assert_allclose(project(x), np.asarray(x) @ np.asarray(table), rtol=1e-5, atol=1e-4)
+        rows = int(np.prod(shape[:-1]))
+        products = project.lower(x).as_text().count("dot_general")
+        assert products == (rows if 1 < rows <= model_lib.ROWWISE_PROJECTION_MAX else 1), (shape, products)

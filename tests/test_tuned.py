@@ -58,7 +58,7 @@ def test_tuned_once_then_reused_and_explicit_options_win(setup):
     assert len(picks) == 1 and "tuning PaSS" not in err and "tuned earlier" in err, err
     assert summary["label"] == "L=1, 1 call"
     for argv, label in ((["--mode", "ar"], "ar"), (["-L", "2"], "L=2, 1 call"),
-                        (["--calls", "2"], "tree 4,2, 2 calls"), (["--draft-tree", "2"], "tree 2, 1 call")):
+                        (["--calls", "2"], "tree 4,2, 2 calls, context 4"), (["--draft-tree", "2"], "tree 2, 1 call")):
         summary, err = run(*argv)
         assert len(picks) == 1 and "decoding with" not in err, (argv, err)
         assert summary["label"] == label, (argv, summary)
@@ -123,3 +123,37 @@ def test_candidates_include_narrow_calls_and_respect_the_width_cap():
     for narrow in (Iteration(1, (1,)), Iteration(2, (2,)), Iteration(2, (3,)), Iteration(2, (1, 1))):
         assert narrow in found and narrow.width <= 5, narrow
     assert Iteration(1, (4, 2)) not in found  # 39 wide
+
+
+@pytest.mark.parametrize("backend, context", [("cpu", autotune.CPU_CONTEXT_CANDIDATES),
+                                              ("gpu", autotune.ACCELERATOR_CONTEXT_CANDIDATES)])
+def test_context_candidates_are_timed_as_real_loops_and_can_win(monkeypatch, backend, context):
+    """No metadata predicts context drafts, so the chooser times their decode loops even where no
+    prediction passes ar: on a CPU the narrow ones, elsewhere the default iteration with its chain."""
+    from pass_jax.iteration import DEFAULT_ITERATION
+    from pass_jax.lookahead import Resolved
+    from pass_jax.sampling import PAPER
+
+    assert DEFAULT_ITERATION in autotune.ACCELERATOR_CONTEXT_CANDIDATES
+    assert all(it.context and it.width <= 8 for it in autotune.CPU_CONTEXT_CANDIDATES)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    # every call costs 1.3 ar steps: no prediction beats ar at this acceptance
+    monkeypatch.setattr(autotune, "measure_call_costs",
+                        lambda model, shapes, batch_size=1: {s: 1.0 if s == (1, 1) else 1.3 for s in {(1, 1), *shapes}})
+    ratios, timed = {}, []
+
+    def timed_ratios(model, iterations, *args, **kwargs):
+        timed.append(list(iterations))
+        return [ratios.get(it, 0.8) for it in iterations]
+
+    monkeypatch.setattr(autotune, "timed_ratios", timed_ratios)
+    low = Resolved(None, "given", {"acceptance": {"sampled": {str(k): [0.1, 0.1] for k in (1, 2, 3, 4)}}})
+    winner = context[-1]
+    ratios[winner] = 1.25
+    chosen = autotune.pick(None, low, PAPER)
+    assert len(timed) == 1 and set(timed[0]) == set(context)  # in one set of rounds against ar, though predicted below 1.0x
+    assert chosen.iteration == winner and chosen.timed_ratio == 1.25
+    assert "without its context drafts" in chosen.summary() and winner.label() in chosen.summary()
+    ratios[winner] = 0.95  # none beats ar: ar, the best timed context setting named
+    chosen = autotune.pick(None, low, PAPER)
+    assert chosen.iteration == Iteration.AR and chosen.best in context and chosen.timed_ratio == 0.95

@@ -9,7 +9,7 @@ import sys, time, statistics
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from pass_jax.loading import load_model
-from pass_jax.generate import Generator, resolve_lookahead
+from _steps import WIDTH, compiled_loop
 from pass_jax.iteration import Iteration
 from pass_jax.sampling import PAPER, GREEDY
 from pass_jax import decoding
@@ -22,14 +22,7 @@ sampling = GREEDY if "greedy" in sys.argv else PAPER
 prompt = [[(7 * i + 3) % cfg.vocab_size for i in range(200)]]
 
 def loop_ms(it):
-    la = None if it.mode == "ar" else resolve_lookahead(model, "code", num_lookahead=it.num_lookahead)
-    g = Generator(model, it, lookahead=la, max_new_tokens=4 * N + 8, sampling=sampling)
-    g.generate_ids(prompt)
-    width = 256
-    tokens = jnp.asarray(np.pad(np.asarray(prompt, np.int32), ((0, 0), (0, width - 200))))
-    lengths = jnp.asarray([200], jnp.int32)
-    args = (model.params, g.lookahead, tokens, lengths, jax.random.key(1))
-    prefill, steps = g._executables(1, width, args)
+    g, prefill, steps, args, lengths = compiled_loop(model, it, sampling, prompt, 4 * N + 8)
     times = []
     for r in range(5):
         s = prefill(*args); jax.block_until_ready(s)
@@ -39,7 +32,7 @@ def loop_ms(it):
         times.append(time.perf_counter() - t)
     it_ms = 1000 * statistics.median(times) / N
     new = int(s.stats.new_tokens[0]) - 1
-    return it_ms, new / N, g.spec.buffer_length(width)
+    return it_ms, new / N, g.spec.buffer_length(WIDTH)
 
 def call_loop_ms(width, projected, length, N=N):
     """forward of `width` tokens + lm_head at `projected` positions, N times in a while loop with the cache carried."""

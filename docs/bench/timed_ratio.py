@@ -1,5 +1,5 @@
 """`-L auto`'s loop check on its own: a setting's tokens/s against ar's from the timed real decode
-loops of both (`autotune.timed_ratio`) on the domain's first held-out bench prompt, for settings the
+loops of both (`autotune.timed_ratios`) on the domain's first held-out bench prompt, for settings the
 bench also runs, so the two can be compared. Usage:
 
     .venv/bin/python docs/bench/timed_ratio.py
@@ -21,8 +21,8 @@ def main() -> None:
     model = load_model("smollm2-135m")
     for domain, sampling, iteration in CASES:
         prompt = corpus_prompts(model.tokenizer, domain, 1, 64)[0]
-        ratio = autotune.timed_ratio(model, iteration, resolve_lookahead(model, domain), sampling,
-                                     prompt_ids=list(model.tokenizer(prompt)["input_ids"]))
+        ratio = autotune.timed_ratios(model, [iteration], resolve_lookahead(model, domain), sampling,
+                                     prompt_ids=list(model.tokenizer(prompt)["input_ids"]))[0]
         print(f"{domain} {'greedy' if sampling.greedy else 'top-k 10, T 0.8'} {iteration.label()}: {ratio:.2f}x ar")
 
 
