@@ -322,7 +322,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     add_iteration_args(gen, AUTO_HELP)
     add_sampling_args(gen)
-    gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0)")
+    gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0); each prompt samples from a key of the seed and "
+                     "its id (--output) or position, whatever batch it shares")
     gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt, then a summary line")
     gen.add_argument("--output", metavar="FILE.jsonl",

@@ -181,11 +181,11 @@ def prompt_keys(seed: int, prompt_ids: Iterable[Any]) -> jax.Array:
     prompt's draws come from its key alone (`decoding.prefill`), so it samples the same answer in any
     batch, row, schedule or resumed run of the same seed. The id's JSON is hashed (not Python's salted
     `hash`) so every process and run derives the same key."""
-    def words(prompt_id):
-        digest = hashlib.blake2b(json.dumps(prompt_id, sort_keys=True).encode(), digest_size=8).digest()
-        return [seed & 0xFFFFFFFF, *np.frombuffer(digest, np.uint32)]
-    return jax.vmap(lambda w: jax.random.fold_in(jax.random.fold_in(jax.random.key(w[0]), w[1]), w[2]))(
-        jnp.asarray([words(i) for i in prompt_ids], jnp.uint32))
+    digests = [np.frombuffer(hashlib.blake2b(json.dumps(i, sort_keys=True).encode(), digest_size=8).digest(),
+                             np.uint32) for i in prompt_ids]
+    base = jax.random.key(seed)
+    return jax.vmap(lambda words: jax.random.fold_in(jax.random.fold_in(base, words[0]), words[1]))(
+        jnp.asarray(np.stack(digests)))
 
 
 def _padded(prompt_ids: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -486,6 +486,7 @@ class Generator:
                  stream: Callable[[int, str], None] | None = None) -> tuple[list[GenerationResult], dict]:
         """Generate for every prompt; returns (results, summary).
 
+        Prompt i (1-based) samples from `prompt_keys(seed, [i])`, as in `results`.
         stream: called as `stream(index, text)` with each new piece of prompt `index`'s answer as its
         tokens are committed: at least once per prompt (the first piece may be empty), prompts in
         order, and the pieces of a prompt join to its result's text. Needs batch size 1.
