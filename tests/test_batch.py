@@ -115,6 +115,22 @@ def test_a_refill_that_keeps_the_old_rows_cache_is_caught(tiny_lm, monkeypatch):
     assert wrong
 
 
+def test_a_refill_that_keeps_the_old_rows_key_is_caught(tiny_lm, monkeypatch):
+    """The sampled refill test fails on a refill that writes the new prompt's row but leaves the
+    finished row's PRNG key (the prompt then draws from the key of the row it landed in)."""
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)
+
+    def keeps_key(state, fresh, *args):
+        refilled, lengths = start_row(state, fresh, *args)  # unjitted: the old key is not donated
+        return refilled._replace(key=state.key), lengths
+
+    monkeypatch.setattr(generate_lib, "start_row_jit", keeps_key)
+    stop = (int(_varied_stop(_generator(tiny_lm, "ar", 1, sampling=PAPER))),)
+    generator = _generator(tiny_lm, "ar", 3, stop=stop, sampling=PAPER)
+    results = list(generator.results(PROMPTS))
+    assert sum(result.tokens != _alone(generator, result.prompt, result.id)[0] for result in results)
+
+
 def test_results_read_prompts_lazily_and_tell_occupancy(tiny_lm):
     """At most `window` prompts are read ahead of the decode; ids are given ones or positions."""
     generator = _generator(tiny_lm, "ar", 2)
