@@ -395,7 +395,7 @@ def test_chunked_streamed_run_equals_the_one_shot_run_sampled(chain_lm, monkeypa
     reads = []
     chunked, _ = generator.generate_ids(prompts, seed=5, on_chunk=lambda tokens, lengths: reads.append(lengths))
     one_shot = run_one_shot(config, params, generator.lookahead, prompts, iteration, 20, SAMPLED, seed=5, eos=(0,))
-    assert len(reads) > 3  # it really ran in chunks
+    assert len(reads) >= 3  # it really ran in chunks: the prefill's read, then two chunks or more
     np.testing.assert_array_equal(chunked.lengths, one_shot.lengths)
     for row in range(len(prompts)):
         end = int(one_shot.lengths[row])
