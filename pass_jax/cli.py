@@ -46,8 +46,9 @@ batch jobs: --output FILE.jsonl writes one line per prompt as it finishes, with 
 "id" key, or its line number), in any order. A kill (or Ctrl-C) loses only the prompts in flight:
 the same command resumes, skipping the ids written; other settings are refused (--overwrite starts
 over). Prompts are read lazily, decoded in batches of one length bucket, and a row whose answer
-ends takes the next prompt between chunks of the loop. Sampled answers depend on the seed and on
-which prompts shared a batch; greedy answers equal each prompt decoded alone.
+ends takes the next prompt between chunks of the loop. Each prompt samples from its own key (from
+--seed and its id), so an answer equals that prompt decoded alone, greedy or sampled, and a resumed
+run writes what an uninterrupted one would.
   pass-jax generate --prompts prompts.jsonl --output answers.jsonl --batch-size 8 --temperature 0
 
 streaming: on a terminal (or with --stream) each answer prints as its tokens are committed. --json
@@ -321,7 +322,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     add_iteration_args(gen, AUTO_HELP)
     add_sampling_args(gen)
-    gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0)")
+    gen.add_argument("--seed", type=seed_arg, default=0, help="PRNG seed (default 0); each prompt samples from a key of the seed and "
+                     "its id (--output) or position, whatever batch it shares")
     gen.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt, then a summary line")
     gen.add_argument("--output", metavar="FILE.jsonl",

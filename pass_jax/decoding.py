@@ -41,7 +41,7 @@ from .config import LlamaConfig
 from .draft_tree import DraftTree
 from .iteration import DEFAULT_ITERATION, DecodeError, Iteration
 from .model import Cache, causal_mask, forward, gather_positions, init_cache, lm_head, write_cache
-from .sampling import SamplingConfig, probabilities, sample, verify
+from .sampling import SamplingConfig, probabilities, row_keys, sample, split_rows, verify
 from .sharding import cache_sharding
 
 __all__ = ["DecodeError", "DecodeSpec", "DecodeState", "DecodeStats", "Iteration", "check_context", "decode",
@@ -145,7 +145,7 @@ class DecodeState(NamedTuple):
     tokens: jax.Array   # int32 [B, S]: committed tokens (garbage past `lengths`)
     lengths: jax.Array  # int32 [B]: committed length; tokens[:, lengths-1] is the pending x_n
     cache: Cache        # per layer {"k", "v"}: [B, S, kv_heads, head_dim]; valid before lengths-1
-    key: jax.Array      # PRNG key (scalar), split once per iteration
+    key: jax.Array      # PRNG keys [B]: each row's own, split once per iteration (a row's draws use only its key)
     done: jax.Array     # bool [B]: the row hit EOS, a stop id or its budget
     stats: DecodeStats
     drafts: jax.Array   # int32 [B, N]: the next call's look-ahead drafts (single-call PaSS; [B, 0] otherwise)
@@ -200,6 +200,8 @@ def _prefill_inputs(prompt_tokens, prompt_lengths, num_groups: int, length: int)
 def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeSpec) -> DecodeState:
     """Run the whole padded prompt in one call and sample the first new token from its last position.
 
+    `key`: one PRNG key per row [B] (a row's draws, here and in the loop, come from its key alone, so
+    its output does not depend on the rows beside it), or one key split into them (`sampling.row_keys`).
     Single-call PaSS also drafts the first tree here, from a look-ahead group after the prompt."""
     batch, width = prompt_tokens.shape
     length = spec.buffer_length(width)
@@ -213,7 +215,7 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     logits, cache = forward(params, spec.config, ids, positions, mask, cache=cache,
                             write_index=jnp.zeros((batch,), jnp.int32), logits_index=logits_index,
                             lookahead=lookahead_lib.forward_inputs(lookahead, la_steps) if groups else None)
-    key, key_first, key_draft = jax.random.split(key, 3)
+    key, key_first, key_draft = split_rows(row_keys(key, batch), 3)
     first = sample(key_first, probabilities(logits[:, 0], spec.sampling), spec.sampling.support)
     if groups:
         drafts, draft_q = proposers.lookahead(key_draft, logits[:, 1:], it.tree, spec.sampling)
@@ -234,12 +236,11 @@ def start_row(state: DecodeState, fresh: DecodeState, prompt_lengths, fresh_leng
 
     `fresh` is `prefill`'s state for the new prompt alone (batch 1, `fresh_length` [1] its length) at
     the running state's bucket width. Every per-row array of that row (tokens, length, cache slots,
-    done, stats, drafts) becomes the fresh one's, written in place, so the row continues exactly as the
-    prompt decoded alone would (greedy); the loop's key stays the running state's. Returns
-    (state, prompt_lengths) for `decode_steps`."""
-    put = lambda old, new: lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), row, axis=0)  # noqa: E731
-    rows = jax.tree.map(put, state._replace(key=None), fresh._replace(key=None))
-    return rows._replace(key=state.key), put(prompt_lengths, fresh_length)
+    done, stats, drafts, PRNG key) becomes the fresh one's, written in place, so the row continues exactly
+    as the prompt decoded alone with the same key would (greedy and sampled). Returns (state,
+    prompt_lengths) for `decode_steps`."""
+    put = lambda old, new: lax.dynamic_update_slice_in_dim(old, new, row, axis=0)  # noqa: E731
+    return jax.tree.map(put, state, fresh), put(prompt_lengths, fresh_length)
 
 
 def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> DecodeState:
@@ -248,7 +249,7 @@ def _ar_step(params, state: DecodeState, prompt_lengths, spec: DecodeSpec) -> De
     length = state.tokens.shape[1]
     logits, cache = forward(params, spec.config, x_n, pending[:, None], causal_mask(pending, 1, length),
                             cache=state.cache, write_index=pending)
-    key, sub = jax.random.split(state.key)
+    key, sub = split_rows(state.key, 2)
     next_token = sample(sub, probabilities(logits[:, 0], spec.sampling), spec.sampling.support)
     active = ~state.done
     state = _commit(state._replace(cache=cache, key=key), next_token[:, None], jnp.ones_like(pending),
@@ -272,7 +273,7 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     batch, length = state.tokens.shape
     rows = jnp.arange(batch)
     pending = state.lengths - 1  # slot of the pending token x_n
-    key, key_draft, key_verify, key_first = jax.random.split(state.key, 4)
+    key, key_draft, key_verify, key_first = split_rows(state.key, 4)
     x_n = state.tokens[rows, pending]
 
     if it.calls == 2:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import itertools
+import json
 import sys
 import time
 import types
@@ -174,6 +176,18 @@ def summarize(stats: Sequence[dict[str, Any]], wall_s: float, compile_s: float) 
     }
 
 
+def prompt_keys(seed: int, prompt_ids: Iterable[Any]) -> jax.Array:
+    """PRNG keys [B] of prompts by id (any JSON value: given, or the prompt's 1-based position): a
+    prompt's draws come from its key alone (`decoding.prefill`), so it samples the same answer in any
+    batch, row, schedule or resumed run of the same seed. The id's JSON is hashed (not Python's salted
+    `hash`) so every process and run derives the same key."""
+    digests = [np.frombuffer(hashlib.blake2b(json.dumps(i, sort_keys=True).encode(), digest_size=8).digest(),
+                             np.uint32) for i in prompt_ids]
+    base = jax.random.key(seed)
+    return jax.vmap(lambda words: jax.random.fold_in(jax.random.fold_in(base, words[0]), words[1]))(
+        jnp.asarray(np.stack(digests)))
+
+
 def _padded(prompt_ids: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
     """Prompts right-padded to `width`: (tokens int32 [B, width], lengths int32 [B])."""
     tokens = np.zeros((len(prompt_ids), width), np.int32)
@@ -335,8 +349,10 @@ class Generator:
         return self._row_prefills[width]
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seed: int = 0,
-                     on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
+                     on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None, ids: Iterable[Any] | None = None):
         """Decode one batch of token-id prompts; returns (the final DecodeState on host, wall seconds).
+
+        Each prompt samples from its key `prompt_keys(seed, ids)` (`ids` default to the 1-based positions).
 
         The loop runs in chunks of about CHUNK_INTERVAL_S (a KeyboardInterrupt is raised between them);
         with `on_chunk`, `on_chunk(tokens, lengths)` sees the committed tokens on host after the prefill
@@ -347,7 +363,8 @@ class Generator:
         check_context(self.spec, longest, GenerationError)  # as in encode, for callers that skip it
         width = bucket_width(longest, self.model.config.max_seq_len)
         tokens, lengths = _padded(prompt_ids, width)
-        key, lookahead = jax.random.key(seed), self.lookahead
+        key = prompt_keys(seed, ids if ids is not None else range(1, batch + 1))
+        lookahead = self.lookahead
         if self.mesh is None:
             tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
         else:  # every process holds all prompts and feeds its own rows of the data-sharded batch
@@ -383,9 +400,10 @@ class Generator:
         Prompts are read lazily: at most `window` (default 8 batches) wait, grouped by bucket width. A
         batch is taken from the fullest bucket, and between chunks of the loop a finished row is
         refilled with the next prompt of that bucket (its prefill alone, written in by `decoding.start_row`),
-        so rows stay busy until the bucket runs dry. One compilation per (batch, bucket). Greedy, a result equals the prompt
-        decoded alone; sampled, it follows the same law, but its draws depend on the rows it shared
-        a batch with (the loop's key is the batch's), so they differ from `generate`'s. One process.
+        so rows stay busy until the bucket runs dry. One compilation per (batch, bucket). Each prompt
+        samples from its own key (`prompt_keys(seed, id)`), so a result equals its prompt decoded alone
+        (`generate_ids(..., ids=[id])`), greedy and sampled, and `generate` gives the same answers for
+        position ids. One process.
         """
         if self.mesh is not None:
             raise GenerationError("results() runs on one process; on a mesh use generate()")
@@ -420,7 +438,7 @@ class Generator:
             return taken
 
         read_ahead()
-        for batch_number in itertools.count():
+        while True:
             if not waiting:
                 return
             width = max(queues, key=lambda w: len(queues[w]))
@@ -428,14 +446,14 @@ class Generator:
             rows: list[_Queued | None] = take(queue, size)
             rows += [None] * (size - len(rows))
             tokens, lengths = _padded([(r or rows[0]).ids for r in rows], width)
-            key = jax.random.fold_in(jax.random.key(seed), batch_number)
+            key = prompt_keys(seed, [(r or rows[0]).id for r in rows])
             args = (params, lookahead, jnp.asarray(tokens), jnp.asarray(lengths), key)
             prefill, steps = self._executables(size, width, args)
             state, lengths = prefill(*args), args[3]
             # padding rows are done from the start: the loop skips them
             state = state._replace(done=state.done | jnp.asarray([r is None for r in rows]))
             started = [time.perf_counter()] * size
-            chunks, refills, before, cap = _Chunks(), 0, None, 0
+            chunks, before, cap = _Chunks(), None, 0
             while True:
                 host_lengths, done, stats, host_tokens = gather_to_host(
                     (state.lengths, state.done, state.stats, state.tokens))
@@ -455,9 +473,8 @@ class Generator:
                 free = [row for row, item in enumerate(rows) if item is None]
                 for row, item in zip(free, take(queue, len(free))):
                     rows[row], started[row], iterations[row] = item, time.perf_counter(), 0  # a fresh prefill's
-                    refills += 1
                     tokens, new_length = (jnp.asarray(a) for a in _padded([item.ids], width))
-                    one = (params, lookahead, tokens, new_length, jax.random.fold_in(key, refills))
+                    one = (params, lookahead, tokens, new_length, prompt_keys(seed, [item.id]))
                     state, lengths = start_row_jit(state, self._row_prefill(width, one)(*one), lengths, new_length,
                                                    np.int32(row))
                 if all(item is None for item in rows):
@@ -469,6 +486,7 @@ class Generator:
                  stream: Callable[[int, str], None] | None = None) -> tuple[list[GenerationResult], dict]:
         """Generate for every prompt; returns (results, summary).
 
+        Prompt i (1-based) samples from `prompt_keys(seed, [i])`, as in `results`.
         stream: called as `stream(index, text)` with each new piece of prompt `index`'s answer as its
         tokens are committed: at least once per prompt (the first piece may be empty), prompts in
         order, and the pieces of a prompt join to its result's text. Needs batch size 1.
@@ -493,7 +511,8 @@ class Generator:
 
                 def on_chunk(tokens, lengths, index=start, prompt_length=len(chunk[0]), pieces=text_stream):
                     stream(index, pieces.push(tokens[0, prompt_length:lengths[0]].tolist()))
-            state, wall = self.generate_ids(padded, seed=seed + start, on_chunk=on_chunk)
+            state, wall = self.generate_ids(padded, seed=seed, on_chunk=on_chunk,
+                                            ids=range(start + 1, start + size + 1))
             wall_total += wall
             iterations = self._iterations(state.stats)
             self.occupancy.row_steps += size * int(iterations.max())  # the loop ran until its last row ended

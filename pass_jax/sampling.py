@@ -77,19 +77,37 @@ def probabilities(logits, sampling: SamplingConfig):
                               inplace=False)
 
 
+def row_keys(key, batch: int):
+    """One PRNG key per row [B]: `key` itself where it already is one per row, else split from the one key.
+    Every draw of this module is made per row from the row's own key, so a row's draws do not depend
+    on which other rows share its batch."""
+    return key if key.ndim else jax.random.split(key, batch)
+
+
+def split_rows(keys, count: int) -> tuple:
+    """`jax.random.split` of each row's key [B]: `count` arrays of B keys."""
+    split = jax.vmap(lambda k: jax.random.split(k, count))(keys)
+    return tuple(split[:, i] for i in range(count))
+
+
+def _sample_row(key, probs, support: int | None):
+    if support is None or support >= probs.shape[-1]:
+        return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+    values, indices = lax.top_k(probs, support)
+    choice = jax.random.categorical(key, jnp.log(values), axis=-1)
+    return jnp.take_along_axis(indices, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
+
+
 def sample(key, probs, support: int | None = None):
-    """One token per distribution; log(0) = -inf keeps excluded tokens impossible.
+    """One token per distribution of probs [B, ..., V], each row's drawn from its own key (`row_keys`:
+    key is [B] keys, or one key split into them); log(0) = -inf keeps excluded tokens impossible.
 
     `support`: at most that many tokens have probability > 0 (`SamplingConfig.support`: top-k, 1 when
     greedy, also for residuals, whose support lies inside p's). Drawing among the `support` most likely
     tokens is then the same law at a fraction of the cost: a categorical over the whole vocabulary draws
     one Gumbel variate per token, 3.1 ms a row against 0.15 ms for top-10 on the project's CPU (V=49152,
     measured), once per committed token in ar and once per draft and iteration in PaSS."""
-    if support is None or support >= probs.shape[-1]:
-        return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
-    values, indices = lax.top_k(probs, support)
-    choice = jax.random.categorical(key, jnp.log(values), axis=-1)
-    return jnp.take_along_axis(indices, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
+    return jax.vmap(lambda k, p: _sample_row(k, p, support))(row_keys(key, probs.shape[0]), probs)
 
 
 def acceptance_probability(p_draft, q_draft):
@@ -107,7 +125,7 @@ def residual_distribution(p, q):
 def draft_candidates(key, logits, tree, sampling: SamplingConfig):
     """Draft tokens for every node of a `DraftTree` from the look-ahead outputs.
 
-    logits [B, D, V] at [LA]_1..[LA]_D. Returns (node tokens [B, N] for nodes 1..N, q [B, D, V]).
+    logits [B, D, V] at [LA]_1..[LA]_D; key: one per row, or one (`row_keys`). Returns (node tokens [B, N] for nodes 1..N, q [B, D, V]).
     Sampling: each node's token is an independent draw from q at its depth, which is what makes the
     multi-candidate rule in `verify` exact. Greedy: the K siblings are the top-K of the logits.
     """
@@ -170,7 +188,8 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, suppo
       greedy: the deepest node whose path holds argmax p at every step (`greedy_walk`).
     An accepted child becomes the current node (p' = p at it); when every child is rejected the walk
     stops and the next token is drawn from p' (the residual), or from p at a leaf (the bonus).
-    `support`: p's at most this many nonzero tokens (`sample`). Returns (A [B], path [B, D]: the accepted
+    `support`: p's at most this many nonzero tokens (`sample`). key: one per row [B] or one (`row_keys`);
+    each row's uniforms and residual draw come from its own. Returns (A [B], path [B, D]: the accepted
     node per depth (0 past A), next token [B], accepted [B, D] flags), D = `tree.depth`.
     """
     if greedy:
@@ -182,7 +201,8 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, suppo
     children = jnp.asarray(tree.children)
     is_context = jnp.asarray(tree.is_context)
     rows = jnp.arange(batch)
-    keys = jax.random.split(key, tree.num_nodes + 1)
+    keys = split_rows(row_keys(key, batch), tree.num_nodes + 1)
+    uniform = jax.vmap(lambda k: jax.random.uniform(k, (), dtype=jnp.float32))
     current = jnp.zeros((batch,), jnp.int32)
     walking = jnp.ones((batch,), bool)
     dist = p[:, 0]
@@ -196,7 +216,7 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, suppo
             trying = walking & (chosen < 0) & (child >= 0)
             if valid is not None:
                 trying = trying & valid[rows, child]
-            u = jax.random.uniform(keys[used], (batch,), dtype=jnp.float32)
+            u = uniform(keys[used])
             q_token, q_node = candidate_q(q_depth, token, is_context[child]) if tree.context else (
                 q_depth[rows, token], q_depth)
             ok = u < acceptance_probability(dist[rows, token], q_token)

@@ -25,7 +25,7 @@ from pass_jax.generate import Generator, row_stats
 from pass_jax.iteration import Iteration
 from pass_jax.loading import LoadedModel
 from pass_jax.model import init_params
-from pass_jax.sampling import GREEDY
+from pass_jax.sampling import GREEDY, PAPER
 
 VARIANTS = {"ar": ("ar", {}), "calls2": ("pass", dict(calls=2)), "calls1": ("pass", dict(calls=1)),
             "calls2-tree": ("pass", dict(calls=2, draft_tree=(3, 2))),
@@ -54,20 +54,20 @@ PROMPTS = ["5 17 3", "9 1 44 2", "100 7", "3 3 3 3 3 3 3 3 3", "64 65 66", "12 9
            " ".join(str(i) for i in range(20)), "31 30 29"]
 
 
-def _generator(tiny_lm, variant, batch_size, stop=()):
+def _generator(tiny_lm, variant, batch_size, stop=(), sampling=GREEDY):
     config, params = tiny_lm
     mode, options = VARIANTS[variant]
     iteration = Iteration.from_options(mode, None, **options)
     lookahead = (lookahead_lib.init_random(config, iteration.num_lookahead, jax.random.key(4), scale=1.0)
                  if mode == "pass" else None)
     return Generator(LoadedModel(config, params, WordTokenizer(), "test"), iteration, lookahead=lookahead,
-                     max_new_tokens=24, batch_size=batch_size, stop_ids=stop, sampling=GREEDY)
+                     max_new_tokens=24, batch_size=batch_size, stop_ids=stop, sampling=sampling)
 
 
-def _alone(generator, prompt):
-    """The prompt decoded alone, in a batch of one: (new tokens, statistics)."""
+def _alone(generator, prompt, prompt_id=1):
+    """The prompt decoded alone, in a batch of one, with its id's key: (new tokens, statistics)."""
     ids = WordTokenizer()(prompt)["input_ids"]
-    state, _ = generator.generate_ids([ids])
+    state, _ = generator.generate_ids([ids], ids=[prompt_id])
     return state.tokens[0, len(ids):int(state.lengths[0])].tolist(), row_stats(state.stats, 0, len(ids))
 
 
@@ -76,12 +76,15 @@ def _varied_stop(generator):
     return generator.generate_ids([WordTokenizer()(PROMPTS[0])["input_ids"]])[0].tokens[0, 3 + 4]
 
 
+@pytest.mark.parametrize("sampling", [GREEDY, PAPER], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_row_of_a_refilled_batch_equals_its_prompt_decoded_alone(tiny_lm, variant, monkeypatch):
+def test_every_row_of_a_refilled_batch_equals_its_prompt_decoded_alone(tiny_lm, variant, sampling, monkeypatch):
     """Rows end at a stop token at different times and are refilled between chunks (one loop iteration
-    a chunk): every result, tokens and statistics, equals that prompt decoded alone in a batch of one."""
-    generator = _generator(tiny_lm, variant, 3, stop=(int(_varied_stop(_generator(tiny_lm, variant, 1))),))
-    want = {prompt: _alone(generator, prompt) for prompt in PROMPTS}
+    a chunk): every result, tokens and statistics, equals that prompt decoded alone in a batch of one
+    (sampled: with the same per-prompt key, that of its id)."""
+    stop = (int(_varied_stop(_generator(tiny_lm, variant, 1, sampling=sampling))),)
+    generator = _generator(tiny_lm, variant, 3, stop=stop, sampling=sampling)
+    want = {prompt: _alone(generator, prompt, number) for number, prompt in enumerate(PROMPTS, 1)}
     assert len({len(tokens) for tokens, _ in want.values()}) > 1  # rows really end at different times
     monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)
     refills = []
@@ -110,6 +113,22 @@ def test_a_refill_that_keeps_the_old_rows_cache_is_caught(tiny_lm, monkeypatch):
     generator = _generator(tiny_lm, "ar", 3, stop=(int(_varied_stop(_generator(tiny_lm, "ar", 1))),))
     wrong = sum(result.tokens != _alone(generator, result.prompt)[0] for result in generator.results(PROMPTS))
     assert wrong
+
+
+def test_a_refill_that_keeps_the_old_rows_key_is_caught(tiny_lm, monkeypatch):
+    """The sampled refill test fails on a refill that writes the new prompt's row but leaves the
+    finished row's PRNG key (the prompt then draws from the key of the row it landed in)."""
+    monkeypatch.setattr(generate_lib, "CHUNK_INTERVAL_S", 0.0)
+
+    def keeps_key(state, fresh, *args):
+        refilled, lengths = start_row(state, fresh, *args)  # unjitted: the old key is not donated
+        return refilled._replace(key=state.key), lengths
+
+    monkeypatch.setattr(generate_lib, "start_row_jit", keeps_key)
+    stop = (int(_varied_stop(_generator(tiny_lm, "ar", 1, sampling=PAPER))),)
+    generator = _generator(tiny_lm, "ar", 3, stop=stop, sampling=PAPER)
+    results = list(generator.results(PROMPTS))
+    assert sum(result.tokens != _alone(generator, result.prompt, result.id)[0] for result in results)
 
 
 def test_results_read_prompts_lazily_and_tell_occupancy(tiny_lm):
@@ -153,12 +172,15 @@ def _results(path: Path) -> dict:
     return {r["id"]: r["tokens"] for r in records}
 
 
-def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(make_hf_llama, tmp_path):
+@pytest.mark.parametrize("sampling", [["--temperature", "0"], ["--temperature", "0.8", "--top-k", "10", "--seed", "3"]],
+                         ids=["greedy", "sampled"])
+def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(make_hf_llama, tmp_path, sampling):
     """A real `pass-jax generate --output` subprocess is SIGKILLed once results are on disk; the same
-    command then resumes: the union holds every prompt once, equal to an uninterrupted run's."""
+    command then resumes: the union holds every prompt once, equal to an uninterrupted run's (sampled
+    too: the resumed run batches the prompts differently, and each samples from its own key)."""
     model, _ = make_hf_llama(tmp_path / "hf")
     prompts = _prompts_file(tmp_path / "p.jsonl", 40)
-    argv = ["generate", "--model", str(model), "--prompts", str(prompts), "--mode", "ar", "--temperature", "0",
+    argv = ["generate", "--model", str(model), "--prompts", str(prompts), "--mode", "ar", *sampling,
             "--max-new-tokens", "120", "--batch-size", "2", "--no-chat"]
     killed = tmp_path / "killed.jsonl"
     process = subprocess.Popen(CLI + argv + ["--output", str(killed)], stdout=subprocess.DEVNULL,

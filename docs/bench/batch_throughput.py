@@ -10,6 +10,10 @@ to back in one process, on the same prompts, on the same warm generator (compila
 the decode loop whose row held a prompt still decoding (`Generator.occupancy`). Usage:
 
     .venv/bin/python docs/bench/batch_throughput.py --prompts 256 --max-new-tokens 48 --batch-sizes 1,8,32
+
+Configurations run batch size by batch size (in the order given), both modes at each, so a run cut
+short still holds both modes at the sizes it reached; each finished configuration's two rows are
+printed and, with `--json FILE`, appended to FILE as they finish.
 """
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ import json
 import random
 import time
 
-from pass_jax.cli_args import parse_int_list
 from pass_jax.generate import Generator, Occupancy
 from pass_jax.iteration import Iteration
 from pass_jax.loading import load_model
@@ -58,15 +61,16 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--modes", default="ar,pass")
+    parser.add_argument("--json", help="append each configuration's rows to this JSON-lines file as it finishes")
     args = parser.parse_args()
     model = load_model("smollm2-135m")
     data = prompts(args.prompts)
     rows = []
     print("| mode | batch | schedule | tokens | decode s | tokens/s | useful row-steps | sorted+refilled / file order |")
     print("|---|---|---|---|---|---|---|---|")
-    for mode in args.modes.split(","):
-        iteration = Iteration.from_options(mode, None)
-        for batch in parse_int_list(args.batch_sizes, "--batch-sizes"):
+    for batch in (int(size) for size in args.batch_sizes.split(",")):  # in the order given
+        for mode in args.modes.split(","):
+            iteration = Iteration.from_options(mode, None)
             generator = Generator(model, iteration, max_new_tokens=args.max_new_tokens, sampling=PAPER,
                                   batch_size=batch, chat=True)
             results = {
@@ -80,6 +84,10 @@ def main() -> None:
                       f"{r['useful_row_fraction']:.0%} | {ratio:.2f} |", flush=True)
                 rows.append({"mode": mode, "batch": batch, "schedule": schedule, **r,
                              "compile_s": round(generator.compile_s, 1)})
+                if args.json:
+                    with open(args.json, "a") as out:
+                        out.write(json.dumps({"prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+                                              **rows[-1]}) + "\n")
     print(json.dumps({"prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "rows": rows}))
 
 
