@@ -31,9 +31,12 @@ def tiny_lm():
 # Every PaSS variant: the paper's two calls, single-call, and draft trees with each (L = len(tree)).
 # The context variants add a chain of context drafts (`proposers.context`) beside the look-ahead drafts;
 # calls2-ctx's chain (3) is deeper than the sampled tests' L = 2, so walks pass the look-ahead depth.
+# The recycle variants add a chain of recycled successors (`proposers.recycle`), alone or after a context chain.
 VARIANTS = {"calls2": dict(calls=2), "calls1": dict(calls=1), "calls2-tree": dict(calls=2, draft_tree=(3, 2)),
             "calls1-tree": dict(calls=1, draft_tree=(2, 2)), "calls2-ctx": dict(calls=2, drafts=3),
-            "calls1-ctx": dict(calls=1, draft_tree=(2, 2), drafts=2)}
+            "calls1-ctx": dict(calls=1, draft_tree=(2, 2), drafts=2),
+            "calls2-rec": dict(calls=2, drafts="lookahead,recycle:3"),
+            "calls1-ctx-rec": dict(calls=1, draft_tree=(2, 2), drafts="lookahead,context:2,recycle:3")}
 
 
 def num_lookahead(variant, chain):
@@ -95,7 +98,7 @@ PROMPTS = [[5, 17, 3], [9, 1, 44, 2, 7, 100, 12], list(range(20, 40))]
 
 @pytest.mark.parametrize("num_lookahead, variant", [(1, "calls2"), (5, "calls2"), (1, "calls1"), (4, "calls1"),
                                                     (2, "calls2-tree"), (2, "calls1-tree"), (2, "calls2-ctx"),
-                                                    (2, "calls1-ctx")])
+                                                    (2, "calls1-ctx"), (2, "calls2-rec"), (2, "calls1-ctx-rec")])
 def test_greedy_pass_equals_ar_tiny(tiny_lm, num_lookahead, variant):
     config, params = tiny_lm
     ar, ar_stats = run(config, params, None, PROMPTS, "ar", 1, 40)

@@ -5,9 +5,10 @@ import pytest
 
 from pass_jax import proposers
 from pass_jax.draft_tree import DraftTree
+from pass_jax.iteration import NGRAM
 
 
-def context_drafts(rows, size, ngram=proposers.NGRAM, width=16):
+def context_drafts(rows, size, ngram=NGRAM, width=16):
     """`proposers.context` on ragged rows padded with 99 (garbage past each length): (drafts, valid) as lists."""
     tokens = np.full((len(rows), width), 99, np.int32)
     for r, row in enumerate(rows):

@@ -25,7 +25,7 @@ import json
 
 from pass_jax.bench import corpus_prompts
 from pass_jax.generate import Generator, resolve_lookahead
-from pass_jax.iteration import Iteration
+from pass_jax.iteration import NGRAM, Iteration
 from pass_jax.loading import load_model
 from pass_jax.sampling import GREEDY, PAPER
 from pass_jax.train import onpolicy
@@ -37,10 +37,13 @@ COPY_INSTRUCTIONS = {"text": "Rewrite the following passage in your own words, k
 
 
 def parse_variant(text: str) -> Iteration:
-    """'calls=1,tree=4-2', 'calls=2,L=4' or 'calls=1,tree=4-2,ctx=4' (a context chain of 4) -> the Iteration."""
+    """'calls=1,tree=4-2', 'calls=2,L=4', 'calls=1,tree=4-2,ctx=4' (a context chain of 4), with ngram=N (its
+    longest match) and rec=R (a recycle chain of R) -> the Iteration."""
     fields = dict(part.split("=") for part in text.split(","))
     tree = tuple(int(k) for k in fields["tree"].split("-")) if "tree" in fields else None
-    return Iteration.from_options("pass", fields.get("L"), int(fields.get("calls", 2)), tree, int(fields.get("ctx", 0)))
+    drafts = ",".join(["lookahead"] + [f"context:{fields['ctx']}:{fields.get('ngram', NGRAM)}"] * ("ctx" in fields)
+                      + [f"recycle:{fields['rec']}"] * ("rec" in fields))
+    return Iteration.from_options("pass", fields.get("L"), int(fields.get("calls", 2)), tree, drafts)
 
 
 def domain_prompts(tokenizer, domain: str, num_prompts: int) -> tuple[str, list[str], bool]:
@@ -89,6 +92,7 @@ def main() -> None:
                                   "tokens_per_call": summary["tokens_per_call"],
                                   "position_acceptance": summary["position_acceptance"],
                                   "context_share": summary["context_share"],
+                                  "recycle_share": summary["recycle_share"],
                                   "model_calls": summary["model_calls"], "new_tokens": summary["new_tokens"]}),
                       flush=True)
 
