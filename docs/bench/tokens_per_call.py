@@ -75,17 +75,17 @@ def main() -> None:
     for domain, mode in itertools.product(args.domain, modes):
         if args.own:
             records = onpolicy.read_records(args.own.format(domain=domain))
+            la_domain, chat = domain, mode == "chat"
             prompts = [r["prompt"] for r in records if r["mode"] == mode][:args.num_prompts]
         else:
-            prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
-        la_domain, prompts, chat = domain_prompts(model.tokenizer, domain, args.num_prompts)
+            la_domain, prompts, chat = domain_prompts(model.tokenizer, domain, args.num_prompts)
         for name in args.sampling:
             for variant in args.variant:
                 lookahead = resolve_lookahead(model, args.lookahead.format(domain=la_domain), la_domain,
                                               variant.num_lookahead)
                 generator = Generator(model, variant, lookahead=lookahead, chat=chat,
                                       max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
-                                      sampling=PAPER if name == "paper" else GREEDY, chat=mode == "chat")
+                                      sampling=PAPER if name == "paper" else GREEDY)
                 _, summary = generator.generate(prompts, seed=0)
                 print(json.dumps({"domain": domain, "context": mode, "prompts": len(prompts), "sampling": name,
                                   "lookahead": lookahead.source, **variant.to_json(), "width": variant.width,
