@@ -320,15 +320,16 @@ def exact_law(config, params, prompt, sampling, num_new):
 
 
 def sampled_law(config, params, vectors, mode, prompt, **variant):
-    """(Counter of the sampled sequences, accepted_hist [rows, D+1] of every run, accepted context drafts)."""
-    counts, hists, from_context = collections.Counter(), [], 0
+    """(Counter of the sampled sequences, accepted_hist [rows, D+1] of every run, accepted drafts of the context
+    and recycle chains)."""
+    counts, hists, from_chains = collections.Counter(), [], np.zeros(2, int)
     for seed in range(4):
         out, stats = run(config, params, vectors, [prompt] * (NUM_SAMPLES // 4), mode, SAMPLED_L, NUM_NEW,
                          sampling=SAMPLED, seed=seed, **variant)
         counts.update(tuple(int(t) for t in row) for row in out)
         hists.append(stats.accepted_hist)
-        from_context += int(stats.context_accepted.sum())
-    return counts, np.concatenate(hists), from_context
+        from_chains += [int(stats.context_accepted.sum()), int(stats.recycle_accepted.sum())]
+    return counts, np.concatenate(hists), from_chains
 
 
 def chi_square(counts, law):
@@ -360,25 +361,30 @@ def chain_law(chain_lm):
 
 
 def sampled_chi_square(chain_lm, chain_law, variant):
-    """(chi2, df, accepted_hist, accepted context drafts) of `variant`'s samples against its prompt's law."""
+    """(chi2, df, accepted_hist, accepted context and recycled drafts) of `variant`'s samples against its
+    prompt's law."""
     config, params, vectors = chain_lm
     mode, settings = ("ar", {}) if variant == "ar" else ("pass", VARIANTS[variant])
     prompt, law = chain_law["ctx" if "drafts" in settings else "chain"]
-    counts, hist, from_context = sampled_law(config, params, vectors[:SAMPLED_L], mode, prompt, **settings)
-    return (*chi_square(counts, law), hist, from_context)
+    counts, hist, from_chains = sampled_law(config, params, vectors[:SAMPLED_L], mode, prompt, **settings)
+    return (*chi_square(counts, law), hist, from_chains)
 
 
 @pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
 def test_sampled_pass_matches_exact_law(chain_lm, chain_law, variant):
     """The law of 7 tokens: draft positions 1 and 2, the bonus, and a second iteration, in every variant
     (with context drafts: their chain, deeper than L, and the look-ahead siblings after them)."""
-    stat, df, hist, from_context = sampled_chi_square(chain_lm, chain_law, variant)
-    print(variant, f"chi2 {stat:.1f} df {df}", "accepted_hist", hist.sum(0).tolist(), "context", from_context)
+    stat, df, hist, (from_context, from_recycle) = sampled_chi_square(chain_lm, chain_law, variant)
+    print(variant, f"chi2 {stat:.1f} df {df}", "accepted_hist", hist.sum(0).tolist(), "context", from_context,
+          "recycle", from_recycle)
     assert stat < chi_square_threshold(df), (variant, stat, df)
     if variant != "ar":  # the paths were reached: every row ran >= 2 iterations, and A = L is common
         assert (hist.sum(1) >= 2).all() and hist[:, SAMPLED_L:].sum() >= 0.2 * len(hist), hist.sum(0)
-    if "drafts" in VARIANTS.get(variant, {}):  # context drafts were accepted, and walks went past L
-        assert from_context >= 0.2 * len(hist) and (hist.shape[1] == SAMPLED_L + 1 or hist[:, SAMPLED_L + 1].sum() > 0)
+    if "drafts" in VARIANTS.get(variant, {}):  # chain drafts were accepted, and walks went past L
+        iteration = Iteration.from_options("pass", SAMPLED_L, **VARIANTS[variant])
+        assert from_context >= 0.2 * len(hist) * bool(iteration.context), from_context
+        assert from_recycle >= 0.2 * len(hist) * bool(iteration.recycle), from_recycle
+        assert hist.shape[1] == SAMPLED_L + 1 or hist[:, SAMPLED_L + 1].sum() > 0
 
 
 @pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
@@ -507,7 +513,9 @@ def _duplicate_counted_twice(real):
 
 CONTROLS = [(variant, rule) for variant in VARIANTS for rule, (_, trees_only) in LOSSY_RULES.items()
             if "drafts" not in VARIANTS[variant] and (not trees_only or "draft_tree" in VARIANTS[variant])] + [
-    (variant, rule) for variant in VARIANTS if "drafts" in VARIANTS[variant] for rule in CONTEXT_RULES]
+    (variant, rule) for variant in VARIANTS if "drafts" in VARIANTS[variant] for rule in CONTEXT_RULES] + [
+    (variant, "duplicate_counted_twice") for variant in VARIANTS  # where the context and recycle chains both draft
+    if "context" in str(VARIANTS[variant].get("drafts")) and "recycle" in str(VARIANTS[variant].get("drafts"))]
 
 
 @pytest.mark.parametrize("variant, rule", CONTROLS)
@@ -516,6 +524,8 @@ def test_sampled_test_rejects_lossy_rules(chain_lm, chain_law, monkeypatch, vari
     tree = DraftTree(VARIANTS[variant].get("draft_tree", (1,) * SAMPLED_L))
     if rule in CONTEXT_RULES:
         CONTEXT_RULES[rule](monkeypatch)
+    elif rule == "duplicate_counted_twice":
+        monkeypatch.setattr(decoding, "verify", _duplicate_counted_twice(decoding.verify))
     else:
         LOSSY_RULES[rule][0](monkeypatch, tree)
     jax.clear_caches()
