@@ -41,9 +41,12 @@ def parse_variant(text: str) -> Iteration:
     longest match) and rec=R (a recycle chain of R) -> the Iteration."""
     fields = dict(part.split("=") for part in text.split(","))
     tree = tuple(int(k) for k in fields["tree"].split("-")) if "tree" in fields else None
-    drafts = ",".join(["lookahead"] + [f"context:{fields['ctx']}:{fields.get('ngram', NGRAM)}"] * ("ctx" in fields)
-                      + [f"recycle:{fields['rec']}"] * ("rec" in fields))
-    return Iteration.from_options("pass", fields.get("L"), int(fields.get("calls", 2)), tree, drafts)
+    drafts = ["lookahead"]
+    if "ctx" in fields:
+        drafts.append(f"context:{fields['ctx']}:{fields.get('ngram', NGRAM)}")
+    if "rec" in fields:
+        drafts.append(f"recycle:{fields['rec']}")
+    return Iteration.from_options("pass", fields.get("L"), int(fields.get("calls", 2)), tree, ",".join(drafts))
 
 
 def domain_prompts(tokenizer, domain: str, num_prompts: int) -> tuple[str, list[str], bool]:
