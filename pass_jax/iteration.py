@@ -141,7 +141,8 @@ class Iteration:
         """The iteration that options name, with the defaults where they are None (the one place they
         apply): `mode` "pass" (default) or "ar"; `num_lookahead` L (a chain of L drafts, or the depth
         `draft_tree` must have); `calls`; `draft_tree` (K_1..K_L, or "K1,K2,..."); `drafts` the context
-        chain's length M, or `--drafts`' text (`parse_drafts`: context, ngram, recycle). Neither L nor a tree: the default tree,
+        chain's length M, or `--drafts`' text (`parse_drafts`: context, ngram, recycle). Neither L nor a
+        tree: the default tree,
         with `DEFAULT_CONTEXT` context drafts unless `drafts` is given.
         Strings are accepted as the CLI gives them."""
         mode = mode or "pass"

@@ -4,7 +4,8 @@ validation and commit step (`decoding._pass_step`, `sampling.verify`) serves the
 - `lookahead`: the tree's nodes 1..N from the look-ahead outputs (q per depth; sampled i.i.d. from q,
   or the top-K under greedy decoding).
 - `context`: the context chain's nodes N+1..N+M, the tokens that followed the latest longest n-gram
-  match (n <= N, `Iteration.ngram`, 3 unless `--drafts context:M:N`) of the row's last tokens in its own prompt and committed tokens (prompt lookup).
+  match (n <= N, `Iteration.ngram`: 3 unless `--drafts context:M:N`) of the row's last tokens in its
+  own prompt and committed tokens (prompt lookup).
   They are deterministic candidates: q is one-hot at the token, which `verify` applies per node.
   Where a row has no match, or the match's continuation is shorter than M, those nodes are invalid:
   `verify` never tries them.

@@ -5,8 +5,8 @@ import argparse
 import json
 
 from .. import outputs
-from ..cli_args import (DRAFTS_HELP, DRAFTS_METAVAR, add_model_arg, add_overwrite_arg, add_sampling_args, log, parse_int_list,
-                        read_lookahead_arg, sampling_from_args, seed_arg)
+from ..cli_args import (DRAFTS_HELP, DRAFTS_METAVAR, add_model_arg, add_overwrite_arg, add_sampling_args, log,
+                        parse_int_list, read_lookahead_arg, sampling_from_args, seed_arg)
 from ..defaults import BENCH_TREES
 
 TREES_HELP = ", ".join(",".join(map(str, t)) for t in BENCH_TREES)

@@ -56,7 +56,8 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r for r in report["runs"] if r["method"] == PASS and not r.get("auto")
-            and all(k == 1 for k in r["draft_tree"]) and not r.get("context") and not r.get("recycle")]  # chains: a line per domain and calls
+            and all(k == 1 for k in r["draft_tree"]) and not r.get("context")
+            and not r.get("recycle")]  # chains: a line per domain and calls
     domains = list(dict.fromkeys(r["domain"] for r in rows))
     paths = [out_dir / name for name in PLOT_FILES]
 

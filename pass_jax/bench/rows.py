@@ -19,7 +19,8 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
     row = {"domain": domain, "method": method.name, "backend": method.backend, "decoding": method.decoding,
            "num_lookahead": method.num_lookahead, "calls": None if iteration is None else iteration.calls,
            "draft_tree": None if iteration is None else list(iteration.draft_tree),
-           **{chain: None if iteration is None else getattr(iteration, chain) for chain in ("context", "ngram", "recycle")},
+           **{chain: None if iteration is None else getattr(iteration, chain)
+              for chain in ("context", "ngram", "recycle")},
            "setting": "–" if iteration is None else iteration.label() + (" (auto)" if method.auto else ""),
            "auto": method.auto, "lookahead_source": method.lookahead_source,
            "batch_size": method.batch_size, "prompts": num_prompts, "rounds": len(results),
