@@ -513,7 +513,10 @@ def _duplicate_counted_twice(real):
 
 CONTROLS = [(variant, rule) for variant in VARIANTS for rule, (_, trees_only) in LOSSY_RULES.items()
             if "drafts" not in VARIANTS[variant] and (not trees_only or "draft_tree" in VARIANTS[variant])] + [
-    (variant, rule) for variant in VARIANTS if "drafts" in VARIANTS[variant] for rule in CONTEXT_RULES] + [
+    (variant, rule) for variant in VARIANTS if "drafts" in VARIANTS[variant] for rule in CONTEXT_RULES
+    # calls2-rec's recycled draft (the chain's likeliest successor) is rejected too rarely in 7 tokens for this
+    # test to see a missing residual (chi2 187.1, threshold 214.3, measured); the direct verify law fails it
+    if (variant, rule) != ("calls2-rec", "context_no_residual")] + [
     (variant, "duplicate_counted_twice") for variant in VARIANTS  # where the context and recycle chains both draft
     if "context" in str(VARIANTS[variant].get("drafts")) and "recycle" in str(VARIANTS[variant].get("drafts"))]
 
