@@ -59,8 +59,6 @@ def test_no_context_chain_keeps_the_tree(tree):
 def test_greedy_walk_takes_the_deepest_path_where_proposers_drafted_the_same_token():
     """Tree (2, 2) with a context chain of 3: the context chain (nodes 7-9) and look-ahead node 1 both
     drafted the greedy token 5; the chain goes on matching to depth 3, the look-ahead subtree to 2."""
-    import jax
-
     from pass_jax.sampling import greedy_walk
 
     tree = DraftTree((2, 2), context=3)
