@@ -102,3 +102,14 @@ def test_tree_recycle_chain_follows_the_context_chain():
     assert tree.is_recycle.tolist() == [False] * 5 + [True] * 3
     assert tree.deterministic.tolist() == [False] * 3 + [True] * 5
     assert DraftTree((2,), recycle=1).children[0].tolist() == [3, 1, 2]
+
+
+def test_with_chains_joins_the_look_ahead_context_and_recycle_nodes_with_the_iterations_n():
+    tree = DraftTree((1,), context=2, recycle=2)
+    row = jnp.asarray([[4, 5, 6, 0, 9, 6, 1, 4, 5, 6]])
+    successors = jnp.full((1, 10), -1, jnp.int32).at[0, 6].set(2)  # 6 -> 2, then nothing known
+    la, q = jnp.asarray([[8]]), jnp.zeros((1, 1, 10))
+    for ngram, context in ((3, [0, 9]), (1, [1, 4])):  # as in test_context_ngram_caps_the_match_length
+        drafts = proposers.with_chains(la, q, tree, row, jnp.asarray([10]), jnp.asarray([6]), successors, ngram)
+        assert np.asarray(drafts.tokens)[0].tolist() == [8, *context, 2, 0]
+        assert np.asarray(drafts.valid)[0].tolist() == [True, True, True, True, False]
