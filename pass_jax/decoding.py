@@ -23,7 +23,8 @@ chain (1,)*L being the paper's, and the context chain of M drafts) is static, in
 proposers (`proposers`) fill the tree's nodes; validation and commit are one step for all of them.
 The context and recycle chains are drafted at the start of each iteration from the committed tokens
 (and, with two calls, d_1) and the row's successor table, so single-call PaSS carries only the
-look-ahead drafts; every validation call then records the successors it saw in that table. Lengths are per-row data: every row accepts its own A; finished rows stop committing.
+look-ahead drafts; every validation call then records the successors it saw in that table.
+Lengths are per-row data: every row accepts its own A; finished rows stop committing.
 """
 from __future__ import annotations
 
@@ -240,8 +241,8 @@ def start_row(state: DecodeState, fresh: DecodeState, prompt_lengths, fresh_leng
 
     `fresh` is `prefill`'s state for the new prompt alone (batch 1, `fresh_length` [1] its length) at
     the running state's bucket width. Every per-row array of that row (tokens, length, cache slots,
-    done, stats, drafts, successor table) becomes the fresh one's, written in place, so the row continues exactly as the
-    prompt decoded alone would (greedy); the loop's key stays the running state's. Returns
+    done, stats, drafts, successor table) becomes the fresh one's, written in place, so the row
+    continues exactly as the prompt decoded alone would (greedy); the loop's key stays the running state's. Returns
     (state, prompt_lengths) for `decode_steps`."""
     put = lambda old, new: lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), row, axis=0)  # noqa: E731
     rows = jax.tree.map(put, state._replace(key=None), fresh._replace(key=None))
