@@ -242,7 +242,7 @@ def _generate_to_file(args, generator, output, load_s: float) -> int:
 
 def _add_stats(totals, stats):
     """Running sums of the per-prompt statistics `summarize` adds up (memory that does not grow with prompts)."""
-    summed = ("model_calls", "new_tokens", "iterations", "accepted_drafts", "context_accepted")
+    summed = ("model_calls", "new_tokens", "iterations", "accepted_drafts", "context_accepted", "recycle_accepted")
     listed = ("accepted_hist", "position_reached", "position_accepted")
     if totals is None:
         return {k: stats[k] for k in summed} | {k: list(stats[k]) for k in listed}

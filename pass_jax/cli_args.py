@@ -38,10 +38,13 @@ def add_sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.8,
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0: off)")
 
 
-DRAFTS_HELP = ("the draft proposers: lookahead (the look-ahead tree) and context (a chain of M drafts copied "
-               "from the row's prompt and output after the latest match of its last 1-3 tokens, validated "
-               "beside the tree; M = 4 unless context:M), e.g. lookahead,context:6 (default: lookahead,context:4 "
-               "with the default tree; lookahead when -L or --draft-tree is given)")
+DRAFTS_METAVAR = "lookahead[,context[:M[:N]]][,recycle[:R]]"
+DRAFTS_HELP = ("the draft proposers: lookahead (the look-ahead tree); context (a chain of M drafts copied from the "
+               "row's prompt and output after the latest, longest match of its last 1..N tokens; M = 4, N = 3 "
+               "unless context:M:N); recycle (a chain of R drafts, each the likeliest successor of the one before "
+               "it that the model's earlier validation calls in this row showed; R = 4 unless recycle:R). The "
+               "chains are validated beside the tree, exactly. E.g. lookahead,context:6:5,recycle:3 (default: "
+               "lookahead,context:4 with the default tree; lookahead when -L or --draft-tree is given)")
 
 
 def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = None) -> None:
@@ -60,7 +63,7 @@ def add_iteration_args(parser: argparse.ArgumentParser, auto_help: str | None = 
                        help="candidates per look-ahead depth, verified in one call with a tree mask (e.g. 3,1,1: "
                             "three candidates for the first draft); sets L to its depth (default "
                             f"{tree} when -L is not given, else a chain of L)")
-    group.add_argument("--drafts", default=None, metavar="lookahead[,context[:M]]", help=DRAFTS_HELP)
+    group.add_argument("--drafts", default=None, metavar=DRAFTS_METAVAR, help=DRAFTS_HELP)
 
 
 def iteration_from_args(args, mode: str | None = "pass", auto: bool = False):
@@ -73,9 +76,10 @@ def iteration_from_args(args, mode: str | None = "pass", auto: bool = False):
     if auto and mode != "ar":
         if args.num_lookahead == "auto":
             drafts = 0 if args.drafts is None else args.drafts  # the default context chain is not asked for here
-            if Iteration.from_options(mode, None, args.calls, args.draft_tree, drafts).context:  # checks the rest
-                raise DecodeError("-L auto predicts look-ahead drafts only: drop --drafts context, or give -L N or "
-                                  "--draft-tree with it")
+            chosen = Iteration.from_options(mode, None, args.calls, args.draft_tree, drafts)  # checks the rest
+            if chosen.context or chosen.recycle:
+                raise DecodeError("-L auto predicts look-ahead drafts only: drop --drafts context and recycle, or give "
+                                  "-L N or --draft-tree with it")
             return "auto"
         if all(option is None for option in (args.num_lookahead, args.calls, args.draft_tree, args.drafts)):
             return "auto"

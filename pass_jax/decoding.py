@@ -21,8 +21,10 @@ stays exact. Each call commits A + 1 tokens; the prefill drafts the first tree.
 The iteration's shape (`iteration.Iteration`: calls and the draft tree, K_d candidates at depth d, the
 chain (1,)*L being the paper's, and the context chain of M drafts) is static, in `DecodeSpec`. The
 proposers (`proposers`) fill the tree's nodes; validation and commit are one step for all of them.
-The context chain is drafted at the start of each iteration from the committed tokens (and, with two
-calls, d_1), so single-call PaSS carries only the look-ahead drafts. Lengths are per-row data: every row accepts its own A; finished rows stop committing.
+The context and recycle chains are drafted at the start of each iteration from the committed tokens
+(and, with two calls, d_1) and the row's successor table, so single-call PaSS carries only the
+look-ahead drafts; every validation call then records the successors it saw in that table.
+Lengths are per-row data: every row accepts its own A; finished rows stop committing.
 """
 from __future__ import annotations
 
@@ -136,6 +138,7 @@ class DecodeStats(NamedTuple):
     position_reached: jax.Array   # int32 [B, D]: drafts at depth i that were validated
     position_accepted: jax.Array  # int32 [B, D]: ... and accepted
     context_accepted: jax.Array   # int32 [B]: accepted drafts that the context proposer made
+    recycle_accepted: jax.Array   # int32 [B]: accepted drafts that the recycle proposer made
 
 
 class DecodeState(NamedTuple):
@@ -150,6 +153,7 @@ class DecodeState(NamedTuple):
     stats: DecodeStats
     drafts: jax.Array   # int32 [B, N]: the next call's look-ahead drafts (single-call PaSS; [B, 0] otherwise)
     draft_q: jax.Array  # float32 [B, L, V]: the distributions those drafts were drawn from ([B, 0, 0] otherwise)
+    successors: jax.Array  # int32 [B, V]: each token's likeliest successor seen, -1 none (recycle; [B, 0] otherwise)
 
 
 def _commit(state: DecodeState, new_tokens, count, prompt_lengths, spec: DecodeSpec) -> DecodeState:
@@ -225,8 +229,11 @@ def prefill(params, lookahead, prompt_tokens, prompt_lengths, key, spec: DecodeS
     depth = it.depth
     stats = DecodeStats(jnp.ones((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32),
                         jnp.zeros((batch, depth + 1), jnp.int32), jnp.zeros((batch, depth), jnp.int32),
-                        jnp.zeros((batch, depth), jnp.int32), jnp.zeros((batch,), jnp.int32))
-    state = DecodeState(tokens, prompt_lengths, cache, key, jnp.zeros((batch,), bool), stats, drafts, draft_q)
+                        jnp.zeros((batch, depth), jnp.int32), jnp.zeros((batch,), jnp.int32),
+                        jnp.zeros((batch,), jnp.int32))
+    successors = jnp.full((batch, spec.config.vocab_size if it.recycle else 0), -1, jnp.int32)
+    state = DecodeState(tokens, prompt_lengths, cache, key, jnp.zeros((batch,), bool), stats, drafts, draft_q,
+                        successors)
     return _commit(state, first[:, None], jnp.ones((batch,), jnp.int32), prompt_lengths, spec)
 
 
@@ -236,9 +243,9 @@ def start_row(state: DecodeState, fresh: DecodeState, prompt_lengths, fresh_leng
 
     `fresh` is `prefill`'s state for the new prompt alone (batch 1, `fresh_length` [1] its length) at
     the running state's bucket width. Every per-row array of that row (tokens, length, cache slots,
-    done, stats, drafts, PRNG key) becomes the fresh one's, written in place, so the row continues exactly
-    as the prompt decoded alone with the same key would (greedy and sampled). Returns (state,
-    prompt_lengths) for `decode_steps`."""
+    done, stats, drafts, successor table, PRNG key) becomes the fresh one's, written in place, so the row
+    continues exactly as the prompt decoded alone with the same key would (greedy and sampled). Returns
+    (state, prompt_lengths) for `decode_steps`."""
     put = lambda old, new: lax.dynamic_update_slice_in_dim(old, new, row, axis=0)  # noqa: E731
     return jax.tree.map(put, state, fresh), put(prompt_lengths, fresh_length)
 
@@ -291,7 +298,7 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
         cache, root, la_drafts, la_q = state.cache, x_n, state.drafts, state.draft_q
         base, committed_root = pending, jnp.zeros((batch, 0), jnp.int32)
         sequence = state.tokens
-    drafts = proposers.with_context(la_drafts, la_q, tree, sequence, base + 1)
+    drafts = proposers.with_chains(la_drafts, la_q, tree, sequence, base + 1, root, state.successors, it.ngram)
 
     # Validation call: the root, the tree, and (single call) a look-ahead group after every node.
     group_size = num_l if it.calls == 1 else 0
@@ -303,6 +310,9 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
                             _call_mask(base, visible, length), cache=cache, write_index=base, hidden_only=True,
                             lookahead=lookahead_lib.forward_inputs(lookahead, la_steps) if group_size else None)
     p = probabilities(lm_head(params, spec.config, hidden[:, :num_nodes]), sampling)
+    if it.recycle:  # the root's and every valid node's successor (with a recycle chain, `valid` is given)
+        state = state._replace(successors=proposers.record_successors(
+            state.successors, ids[:, :num_nodes], p, jnp.concatenate([jnp.ones((batch, 1), bool), drafts.valid], 1)))
     num_accepted, path, next_token, accepted = verify(key_verify, tree, drafts.tokens, q=drafts.q, p=p,
                                                       greedy=sampling.greedy, valid=drafts.valid,
                                                       support=sampling.support)
@@ -324,13 +334,14 @@ def _pass_step(params, lookahead, state: DecodeState, prompt_lengths, spec: Deco
     state = _commit(state._replace(cache=cache, key=key), committed, end + 1, prompt_lengths, spec)
     act = active[:, None].astype(jnp.int32)
     s = state.stats
-    from_context = jnp.sum(accepted & jnp.asarray(tree.is_context)[path], axis=1)
+    from_chain = lambda nodes: active * jnp.sum(accepted & jnp.asarray(nodes)[path], axis=1)  # noqa: E731
     stats = s._replace(
         model_calls=s.model_calls + it.calls * active,
         accepted_hist=s.accepted_hist + act * jax.nn.one_hot(num_accepted, tree.depth + 1, dtype=jnp.int32),
         position_reached=s.position_reached + act * (jnp.arange(tree.depth)[None, :] <= num_accepted[:, None]),
         position_accepted=s.position_accepted + act * accepted,
-        context_accepted=s.context_accepted + active * from_context,
+        context_accepted=s.context_accepted + from_chain(tree.is_context),
+        recycle_accepted=s.recycle_accepted + from_chain(tree.is_recycle),
     )
     return state._replace(stats=stats)
 

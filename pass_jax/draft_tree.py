@@ -9,6 +9,8 @@ With `context` = M > 0, a chain of M context drafts (`proposers.context`) hangs 
 the tree: nodes N+1..N+M, each the parent of the next. It is the root's first child in trial order
 (`children[0, 0]`), so a deterministic candidate is tried before the sampled ones: accepting it with
 probability p(c) is the most any candidate c can be accepted with, and its chain goes deepest.
+With `recycle` = R > 0, a chain of R recycled drafts (`proposers.recycle`) follows it: nodes
+N+M+1..N+M+R, the root's next child in trial order, also deterministic.
 """
 from __future__ import annotations
 
@@ -24,19 +26,20 @@ from .iteration import _check_tree, tree_nodes
 class DraftTree:
     branching: tuple[int, ...]
     context: int = 0  # M: nodes of the context chain
+    recycle: int = 0  # R: nodes of the recycle chain
 
     def __post_init__(self):
-        _check_tree(tuple(self.branching), self.context)  # a DecodeError (a ValueError)
+        _check_tree(tuple(self.branching), self.context, self.recycle)  # a DecodeError (a ValueError)
 
     @property
     def depth(self) -> int:
-        """The longest path: the tree's L or the context chain's M."""
-        return max(len(self.branching), self.context)
+        """The longest path: the tree's L or a chain's M or R."""
+        return max(len(self.branching), self.context, self.recycle)
 
     @property
     def is_chain(self) -> bool:
         """One node per depth, numbered by depth (node j sits at call slot j)."""
-        return all(k == 1 for k in self.branching) and not self.context
+        return all(k == 1 for k in self.branching) and not self.context and not self.recycle
 
     @property
     def lookahead_nodes(self) -> int:
@@ -46,7 +49,7 @@ class DraftTree:
     @property
     def num_nodes(self) -> int:
         """Draft nodes, without the root."""
-        return tree_nodes(self.branching) + self.context
+        return tree_nodes(self.branching) + self.context + self.recycle
 
     @functools.cached_property
     def _tables(self):
@@ -61,16 +64,17 @@ class DraftTree:
                     rank.append(r)
                     nxt.append(len(parent) - 1)
             level = nxt
-        for j in range(self.context):  # the context chain: rank 0 under its parent, tried first
-            parent.append(0 if j == 0 else len(parent) - 1)
-            depth.append(j + 1)
-            rank.append(0)
+        for size in (self.context, self.recycle):  # the chains: rank 0 under their parents
+            for j in range(size):
+                parent.append(0 if j == 0 else len(parent) - 1)
+                depth.append(j + 1)
+                rank.append(0)
         n = len(parent)
         children = [[] for _ in range(n)]
         for node in range(1, n):
             children[parent[node]].append(node)
-        if self.context:  # the context chain's first node is the root's first child
-            children[0].insert(0, children[0].pop())
+        chains = bool(self.context) + bool(self.recycle)  # their first nodes are the root's first children
+        children[0] = children[0][-chains:] + children[0][:len(children[0]) - chains] if chains else children[0]
         table = np.full((n, max(map(len, children))), -1, np.int32)
         for node, kids in enumerate(children):
             table[node, :len(kids)] = kids
@@ -107,7 +111,18 @@ class DraftTree:
 
     @functools.cached_property
     def is_context(self) -> np.ndarray:
-        """[N+1] bool: the node is in the context chain (a deterministic candidate, q one-hot)."""
+        """[N+1] bool: the node is in the context chain."""
+        node = np.arange(self.num_nodes + 1)
+        return (node > self.lookahead_nodes) & (node <= self.lookahead_nodes + self.context)
+
+    @functools.cached_property
+    def is_recycle(self) -> np.ndarray:
+        """[N+1] bool: the node is in the recycle chain."""
+        return np.arange(self.num_nodes + 1) > self.lookahead_nodes + self.context
+
+    @property
+    def deterministic(self) -> np.ndarray:
+        """[N+1] bool: a chain's node, a deterministic candidate (q one-hot at its token)."""
         return np.arange(self.num_nodes + 1) > self.lookahead_nodes
 
     @property

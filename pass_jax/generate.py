@@ -151,6 +151,7 @@ def row_stats(stats, row: int, prompt_length: int) -> dict[str, Any]:
         "position_reached": s.position_reached.tolist(),
         "position_accepted": s.position_accepted.tolist(),
         "context_accepted": int(s.context_accepted),
+        "recycle_accepted": int(s.recycle_accepted),
     }
 
 
@@ -166,8 +167,9 @@ def summarize(stats: Sequence[dict[str, Any]], wall_s: float, compile_s: float) 
         "new_tokens": new,
         "tokens_per_call": new / max(calls, 1),
         "mean_accepted": total("accepted_drafts") / iterations if iterations else 0.0,
-        # of the accepted drafts, the share the context proposer made
+        # of the accepted drafts, the shares the context and recycle proposers made
         "context_share": total("context_accepted") / max(total("accepted_drafts"), 1),
+        "recycle_share": total("recycle_accepted") / max(total("accepted_drafts"), 1),
         "accepted_hist": hist.tolist(),
         "position_acceptance": [float(a / r) if r else 0.0 for a, r in zip(accepted, reached)],
         "wall_s": wall_s,

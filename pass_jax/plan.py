@@ -130,7 +130,8 @@ def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, iterat
         2 b T hidden dt (residual stream) + max(attention, MLP) of one layer
         attention = b T (q + 2 kv heads) head_dim dt + b heads T S (4 + dt) (f32 scores, probabilities)
         MLP = 3 b T intermediate dt; plus the float32 logits b P vocab of the decode call that
-        projects the most positions P (`Iteration.call_shapes`).
+        projects the most positions P (`Iteration.call_shapes`); with a recycle chain, the int32
+        successor table b V (`DecodeState.successors`).
       training (one forward + backward of the many-anchor input, W = max_len + anchors * L):
         every layer's saved activations (residual, q/k/v, probabilities, 3 MLP tensors) for the
         backward pass, one layer's float32 scores, the bool [b, W, W] mask, and 3 copies of the
@@ -162,8 +163,9 @@ def activation_bytes(config: LlamaConfig, mesh, batch: int, max_len: int, iterat
     else:
         logits = b * iteration.projected * vocab * 4
         layer = residual + max(qkv + scores + probs, mlp)
-        total = layer + logits
-        parts = {"one_layer": layer, "logits": logits}
+        successors = b * c.vocab_size * 4 if iteration.recycle else 0  # the recycle proposer's int32 table per row
+        total = layer + logits + successors
+        parts = {"one_layer": layer, "logits": logits, "successors": successors}
     return total, {"rows_per_device": b, "tokens": t, "keys": s, **parts}
 
 

@@ -140,7 +140,7 @@ def draft_candidates(key, logits, tree, sampling: SamplingConfig):
 
 def candidate_q(q_depth, token, deterministic):
     """The distribution a candidate was drawn from: q of its depth [B, V], or one-hot at `token` [B]
-    where `deterministic` [B] (a context draft). Returns (q at the token [B], q [B, V])."""
+    where `deterministic` [B] (a context or recycled draft). Returns (q at the token [B], q [B, V])."""
     one_hot = jax.nn.one_hot(token, q_depth.shape[-1], dtype=q_depth.dtype)
     q_node = jnp.where(deterministic[:, None], one_hot, q_depth)
     return jnp.take_along_axis(q_node, token[:, None], axis=1)[:, 0], q_node
@@ -181,7 +181,7 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, suppo
     node's valid children in the tree's order (`tree.children`):
       sampled: accept child c with prob min(1, p'(c)/q_c(c)); after each rejection p' <- norm(max(0,
         p' - q_c)), q_c being that candidate's own q: q of its depth for a look-ahead draft, one-hot
-        for a context draft (`candidate_q`). With each candidate drawn independently of the others
+        for a context or recycled draft (`candidate_q`). With each candidate drawn independently of the others
         this is exact: the recursive rejection sampling of SpecInfer (Miao et al. 2024, "multi-step
         speculative sampling"); with one child per node it is the rule of Leviathan et al. 2023 /
         Chen et al. 2023.
@@ -199,7 +199,7 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, suppo
     if valid is not None:
         valid = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
     children = jnp.asarray(tree.children)
-    is_context = jnp.asarray(tree.is_context)
+    deterministic = jnp.asarray(tree.deterministic)
     rows = jnp.arange(batch)
     keys = split_rows(row_keys(key, batch), tree.num_nodes + 1)
     uniform = jax.vmap(lambda k: jax.random.uniform(k, (), dtype=jnp.float32))
@@ -209,7 +209,7 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, suppo
     path, flags, used = [], [], 0
     for d, fanout in enumerate(tree.fanout):
         chosen = jnp.full((batch,), -1, jnp.int32)
-        q_depth = q[:, min(d, q.shape[1] - 1)]  # past the tree's depth only context drafts remain
+        q_depth = q[:, min(d, q.shape[1] - 1)]  # past the tree's depth only chain drafts remain
         for rank in range(fanout):
             child = children[current, rank]
             token = tokens[rows, child]
@@ -217,7 +217,7 @@ def verify(key, tree, node_tokens, q, p, greedy: bool = False, valid=None, suppo
             if valid is not None:
                 trying = trying & valid[rows, child]
             u = uniform(keys[used])
-            q_token, q_node = candidate_q(q_depth, token, is_context[child]) if tree.context else (
+            q_token, q_node = candidate_q(q_depth, token, deterministic[child]) if tree.deterministic.any() else (
                 q_depth[rows, token], q_depth)
             ok = u < acceptance_probability(dist[rows, token], q_token)
             used += 1

@@ -29,7 +29,9 @@ from pass_jax.sampling import GREEDY, PAPER
 
 VARIANTS = {"ar": ("ar", {}), "calls2": ("pass", dict(calls=2)), "calls1": ("pass", dict(calls=1)),
             "calls2-tree": ("pass", dict(calls=2, draft_tree=(3, 2))),
-            "calls1-tree": ("pass", dict(calls=1, draft_tree=(2, 2)))}
+            "calls1-tree": ("pass", dict(calls=1, draft_tree=(2, 2))),
+            # the recycle proposer's successor table is per row: a refilled row starts an empty one
+            "calls1-ctx-rec": ("pass", dict(calls=1, draft_tree=(2, 2), drafts="lookahead,context:2,recycle:3"))}
 
 
 class WordTokenizer:

@@ -8,7 +8,9 @@ import pytest
 
 from pass_jax import bench, loading
 from pass_jax.bench import AR, HF_GREEDY, HF_LOOKUP, HF_SAMPLE, PASS, BenchSettings
+from pass_jax.bench.rows import row_iteration
 from pass_jax.cli import main
+from pass_jax.iteration import Iteration
 from pass_jax.sampling import SamplingConfig
 
 ROW_KEYS = {"domain", "method", "backend", "decoding", "num_lookahead", "lookahead_source", "batch_size", "prompts",
@@ -201,3 +203,13 @@ def test_auto_row_is_the_best_predicted_setting(tiny_model, tmp_path):
     rows = autotune.choose(autotune.candidate_iterations(max_width=autotune.CPU_MAX_WIDTH), acceptance, relative)
     timed = {(it.calls, it.draft_tree) for it, _ in rows[:autotune.TIMED_CANDIDATES]}
     assert (auto[0]["calls"], tuple(auto[0]["draft_tree"])) in timed
+
+
+def test_settings_compare_each_proposer_set():
+    """Repeated --drafts: every chain and tree runs with each proposer set (`parse_drafts`)."""
+    settings = BenchSettings(num_lookahead=(2,), calls=(1,), draft_trees=(), auto=False,
+                             drafts=("lookahead", "lookahead,context:2:4,recycle:3"))
+    assert [i.label() for i in settings.iterations()] == ["L=2, 1 call", "L=2, 1 call, context 2 n<=4, recycle 3"]
+    row = {"calls": 1, "draft_tree": [1, 1], "context": 2, "ngram": 4, "recycle": 3}
+    assert row_iteration(row) == settings.iterations()[1]
+    assert row_iteration({"calls": 1, "draft_tree": [1, 1], "context": 2}) == Iteration(1, (1, 1), 2)  # older rows

@@ -31,9 +31,12 @@ def tiny_lm():
 # Every PaSS variant: the paper's two calls, single-call, and draft trees with each (L = len(tree)).
 # The context variants add a chain of context drafts (`proposers.context`) beside the look-ahead drafts;
 # calls2-ctx's chain (3) is deeper than the sampled tests' L = 2, so walks pass the look-ahead depth.
+# The recycle variants add a chain of recycled successors (`proposers.recycle`), alone or after a context chain.
 VARIANTS = {"calls2": dict(calls=2), "calls1": dict(calls=1), "calls2-tree": dict(calls=2, draft_tree=(3, 2)),
             "calls1-tree": dict(calls=1, draft_tree=(2, 2)), "calls2-ctx": dict(calls=2, drafts=3),
-            "calls1-ctx": dict(calls=1, draft_tree=(2, 2), drafts=2)}
+            "calls1-ctx": dict(calls=1, draft_tree=(2, 2), drafts=2),
+            "calls2-rec": dict(calls=2, drafts="lookahead,recycle:3"),
+            "calls1-ctx-rec": dict(calls=1, draft_tree=(2, 2), drafts="lookahead,context:2,recycle:3")}
 
 
 def num_lookahead(variant, chain):
@@ -97,7 +100,7 @@ PROMPTS = [[5, 17, 3], [9, 1, 44, 2, 7, 100, 12], list(range(20, 40))]
 
 @pytest.mark.parametrize("num_lookahead, variant", [(1, "calls2"), (5, "calls2"), (1, "calls1"), (4, "calls1"),
                                                     (2, "calls2-tree"), (2, "calls1-tree"), (2, "calls2-ctx"),
-                                                    (2, "calls1-ctx")])
+                                                    (2, "calls1-ctx"), (2, "calls2-rec"), (2, "calls1-ctx-rec")])
 def test_greedy_pass_equals_ar_tiny(tiny_lm, num_lookahead, variant):
     config, params = tiny_lm
     ar, ar_stats = run(config, params, None, PROMPTS, "ar", 1, 40)
@@ -211,8 +214,10 @@ def test_greedy_eos_and_budget_cut_where_ar_does(tiny_lm, variant):
 
 
 # Accepted drafts in the three rows, half of those measured: the histograms (A = 0..L, summed over rows)
-# were calls2 [26,6,0,0,0], calls1 [46,12,0,0,0], calls2-tree [17,12,0], calls1-tree [37,15,1].
-SMOLLM2_MIN_ACCEPTED = {"calls2": 3, "calls1": 6, "calls2-tree": 6, "calls1-tree": 8, "calls2-ctx": 3, "calls1-ctx": 8}
+# were calls2 [26,6,0,0,0], calls1 [46,12,0,0,0], calls2-tree [17,12,0], calls1-tree [37,15,1],
+# calls2-rec [17,8,3,0,0], calls1-ctx-rec [31,8,8,0].
+SMOLLM2_MIN_ACCEPTED = {"calls2": 3, "calls1": 6, "calls2-tree": 6, "calls1-tree": 8, "calls2-ctx": 3, "calls1-ctx": 8,
+                        "calls2-rec": 7, "calls1-ctx-rec": 12}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -317,15 +322,16 @@ def exact_law(config, params, prompt, sampling, num_new):
 
 
 def sampled_law(config, params, vectors, mode, prompt, **variant):
-    """(Counter of the sampled sequences, accepted_hist [rows, D+1] of every run, accepted context drafts)."""
-    counts, hists, from_context = collections.Counter(), [], 0
+    """(Counter of the sampled sequences, accepted_hist [rows, D+1] of every run, accepted drafts of the context
+    and recycle chains)."""
+    counts, hists, from_chains = collections.Counter(), [], np.zeros(2, int)
     for seed in range(4):
         out, stats = run(config, params, vectors, [prompt] * (NUM_SAMPLES // 4), mode, SAMPLED_L, NUM_NEW,
                          sampling=SAMPLED, seed=seed, **variant)
         counts.update(tuple(int(t) for t in row) for row in out)
         hists.append(stats.accepted_hist)
-        from_context += int(stats.context_accepted.sum())
-    return counts, np.concatenate(hists), from_context
+        from_chains += [int(stats.context_accepted.sum()), int(stats.recycle_accepted.sum())]
+    return counts, np.concatenate(hists), from_chains
 
 
 def chi_square(counts, law):
@@ -357,25 +363,30 @@ def chain_law(chain_lm):
 
 
 def sampled_chi_square(chain_lm, chain_law, variant):
-    """(chi2, df, accepted_hist, accepted context drafts) of `variant`'s samples against its prompt's law."""
+    """(chi2, df, accepted_hist, accepted context and recycled drafts) of `variant`'s samples against its
+    prompt's law."""
     config, params, vectors = chain_lm
     mode, settings = ("ar", {}) if variant == "ar" else ("pass", VARIANTS[variant])
     prompt, law = chain_law["ctx" if "drafts" in settings else "chain"]
-    counts, hist, from_context = sampled_law(config, params, vectors[:SAMPLED_L], mode, prompt, **settings)
-    return (*chi_square(counts, law), hist, from_context)
+    counts, hist, from_chains = sampled_law(config, params, vectors[:SAMPLED_L], mode, prompt, **settings)
+    return (*chi_square(counts, law), hist, from_chains)
 
 
 @pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
 def test_sampled_pass_matches_exact_law(chain_lm, chain_law, variant):
     """The law of 7 tokens: draft positions 1 and 2, the bonus, and a second iteration, in every variant
     (with context drafts: their chain, deeper than L, and the look-ahead siblings after them)."""
-    stat, df, hist, from_context = sampled_chi_square(chain_lm, chain_law, variant)
-    print(variant, f"chi2 {stat:.1f} df {df}", "accepted_hist", hist.sum(0).tolist(), "context", from_context)
+    stat, df, hist, (from_context, from_recycle) = sampled_chi_square(chain_lm, chain_law, variant)
+    print(variant, f"chi2 {stat:.1f} df {df}", "accepted_hist", hist.sum(0).tolist(), "context", from_context,
+          "recycle", from_recycle)
     assert stat < chi_square_threshold(df), (variant, stat, df)
     if variant != "ar":  # the paths were reached: every row ran >= 2 iterations, and A = L is common
         assert (hist.sum(1) >= 2).all() and hist[:, SAMPLED_L:].sum() >= 0.2 * len(hist), hist.sum(0)
-    if "drafts" in VARIANTS.get(variant, {}):  # context drafts were accepted, and walks went past L
-        assert from_context >= 0.2 * len(hist) and (hist.shape[1] == SAMPLED_L + 1 or hist[:, SAMPLED_L + 1].sum() > 0)
+    if "drafts" in VARIANTS.get(variant, {}):  # chain drafts were accepted, and walks went past L
+        iteration = Iteration.from_options("pass", SAMPLED_L, **VARIANTS[variant])
+        assert from_context >= 0.2 * len(hist) * bool(iteration.context), from_context
+        assert from_recycle >= 0.1 * len(hist) * bool(iteration.recycle), from_recycle  # calls2-rec: 0.19
+        assert hist.shape[1] == SAMPLED_L + 1 or hist[:, SAMPLED_L + 1].sum() > 0
 
 
 @pytest.mark.parametrize("variant", ["ar"] + list(VARIANTS))
@@ -483,9 +494,33 @@ def _context_no_residual(q_depth, token, deterministic):
 CONTEXT_RULES = {name: (lambda mp, rule=rule: mp.setattr(sampling_lib, "candidate_q", rule))
                  for name, rule in (("context_as_lookahead", _context_as_lookahead),
                                     ("context_no_residual", _context_no_residual))}
+def _duplicate_counted_twice(real):
+    """A lossy `verify`: a token that the root's first two children (the context and recycle chains) both
+    drafted gets a second chance after its rejection, as if each copy were tried against the root's p: it
+    is committed with probability 1 - (1 - p(c))^2, not p(c). Modelled exactly by handing the real walk
+    that law at the root (the other tokens scaled by 1 - p(c)), for the rows where the copies agree."""
+    def lossy(key, tree, node_tokens, q, p, greedy=False, valid=None, support=None):
+        first, second = tree.children[0, :2] - 1  # node indices into node_tokens
+        rows = jnp.arange(node_tokens.shape[0])
+        c = node_tokens[:, first]
+        duplicate = node_tokens[:, second] == c
+        if valid is not None:
+            duplicate = duplicate & valid[:, first] & valid[:, second]
+        p_c = p[rows, 0, c]
+        twice = (p[:, 0] * (1 - p_c)[:, None]).at[rows, c].set(1 - (1 - p_c) ** 2)
+        p = p.at[:, 0].set(jnp.where(duplicate[:, None], twice, p[:, 0]))
+        return real(key, tree, node_tokens, q, p, greedy, valid, support)
+    return lossy
+
+
 CONTROLS = [(variant, rule) for variant in VARIANTS for rule, (_, trees_only) in LOSSY_RULES.items()
             if "drafts" not in VARIANTS[variant] and (not trees_only or "draft_tree" in VARIANTS[variant])] + [
-    (variant, rule) for variant in VARIANTS if "drafts" in VARIANTS[variant] for rule in CONTEXT_RULES]
+    (variant, rule) for variant in VARIANTS if "drafts" in VARIANTS[variant] for rule in CONTEXT_RULES
+    # calls2-rec's recycled draft (the chain's likeliest successor) is rejected too rarely in 7 tokens for this
+    # test to see a missing residual (chi2 187.1, threshold 214.3, measured); the direct verify law fails it
+    if (variant, rule) != ("calls2-rec", "context_no_residual")] + [
+    (variant, "duplicate_counted_twice") for variant in VARIANTS  # where the context and recycle chains both draft
+    if "context" in str(VARIANTS[variant].get("drafts")) and "recycle" in str(VARIANTS[variant].get("drafts"))]
 
 
 @pytest.mark.parametrize("variant, rule", CONTROLS)
@@ -494,6 +529,8 @@ def test_sampled_test_rejects_lossy_rules(chain_lm, chain_law, monkeypatch, vari
     tree = DraftTree(VARIANTS[variant].get("draft_tree", (1,) * SAMPLED_L))
     if rule in CONTEXT_RULES:
         CONTEXT_RULES[rule](monkeypatch)
+    elif rule == "duplicate_counted_twice":
+        monkeypatch.setattr(decoding, "verify", _duplicate_counted_twice(decoding.verify))
     else:
         LOSSY_RULES[rule][0](monkeypatch, tree)
     jax.clear_caches()
@@ -521,28 +558,31 @@ def random_distributions(rng, count, vocab):
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
-def _verify_trials(key, tree, p, q, trials, context):
+def _verify_trials(key, tree, p, q, trials, chains):
     """`trials` calls of `verify` per pair on a one-depth tree whose K siblings are drawn i.i.d. from q
-    (and, with `tree.context`, a context draft: the token context [pairs], tried first), as one batch.
+    (and, with `tree.context` and `tree.recycle`, deterministic drafts: the tokens chains [pairs, 2],
+    context then recycle, tried first), as one batch.
     Returns (the first committed token, whether a draft was accepted), each [pairs, trials]."""
     rows = p.shape[0] * trials
     p, q = jnp.repeat(p, trials, axis=0), jnp.repeat(q, trials, axis=0)
     draft_key, verify_key = jax.random.split(key)
     drafts = sample(draft_key, jnp.broadcast_to(q[:, None], (rows, tree.lookahead_nodes, q.shape[1])))
-    if tree.context:
-        drafts = jnp.concatenate([drafts, jnp.repeat(context, trials)[:, None]], axis=1)
+    chain_drafts = [jnp.repeat(chains[:, i], trials)[:, None] for i, size in enumerate((tree.context, tree.recycle))
+                    if size]
+    drafts = jnp.concatenate([drafts, *chain_drafts], axis=1)
     targets = jnp.broadcast_to(p[:, None], (rows, tree.num_nodes + 1, p.shape[1]))  # only the root's p matters here
     accepted, path, replacement, _ = sampling_lib.verify(verify_key, tree, drafts, q[:, None], targets)
     first = jnp.where(accepted > 0, drafts[jnp.arange(rows), path[:, 0] - 1], replacement)
     return first.reshape(-1, trials), (accepted > 0).reshape(-1, trials)
 
 
-def exact_acceptance(p, q, siblings, context=None):
+def exact_acceptance(p, q, siblings, deterministic=()):
     """P(some sibling is accepted) = 1 - prod_k (1 - sum min(p_k, q)), p_k the residual after k rejections;
-    a context draft c, tried first, is accepted with p(c), and its residual is p without c."""
+    each deterministic draft c, tried first in order, is accepted with p'(c), and its residual is p' without c
+    (so a repeated one is never accepted)."""
     none = 1.0
-    if context is not None:
-        none, rest = 1 - p[context], np.where(np.arange(len(p)) == context, 0, p)
+    for c in deterministic:
+        none, rest = none * (1 - p[c]), np.where(np.arange(len(p)) == c, 0, p)
         p = rest / rest.sum() if rest.sum() > 0 else p
     for _ in range(siblings):
         none *= 1 - np.minimum(p, q).sum()
@@ -557,38 +597,48 @@ def verify_law_statistics(tree, seed=0):
     rng = np.random.default_rng(seed)
     p = random_distributions(rng, PROPERTY_PAIRS, PROPERTY_VOCAB)
     q = random_distributions(rng, PROPERTY_PAIRS, PROPERTY_VOCAB)
-    # context drafts: q's likeliest token (so the siblings often duplicate it) or any token (p = 0 occurs)
-    context = np.where(np.arange(PROPERTY_PAIRS) % 2, q.argmax(1), rng.integers(PROPERTY_VOCAB, size=PROPERTY_PAIRS))
+    # context drafts: q's likeliest token (so the siblings often duplicate it) or any token (p = 0 occurs);
+    # recycled drafts: the context draft again in half the pairs (two proposers drafted the same token), else any
+    pair = np.arange(PROPERTY_PAIRS)
+    context = np.where(pair % 2, q.argmax(1), rng.integers(PROPERTY_VOCAB, size=PROPERTY_PAIRS))
+    recycle = np.where(pair % 4 < 2, context, rng.integers(PROPERTY_VOCAB, size=PROPERTY_PAIRS))
     first, accepted = jax.device_get(_verify_trials(jax.random.key(seed), tree, jnp.asarray(p, jnp.float32),
                                                     jnp.asarray(q, jnp.float32), PROPERTY_TRIALS,
-                                                    jnp.asarray(context, jnp.int32)))
+                                                    jnp.asarray(np.stack([context, recycle], 1), jnp.int32)))
     token_stat = token_df = accept_stat = 0
     for row in range(PROPERTY_PAIRS):
         stat, df = chi_square(collections.Counter(first[row].tolist()),
                               {t: p[row, t] for t in np.flatnonzero(p[row])})
         token_stat, token_df = token_stat + stat, token_df + df
-        rate = exact_acceptance(p[row], q[row], tree.branching[0], context[row] if tree.context else None)
+        deterministic = [context[row]] * bool(tree.context) + [recycle[row]] * bool(tree.recycle)
+        rate = exact_acceptance(p[row], q[row], tree.branching[0], deterministic)
         spread = np.sqrt(max(rate * (1 - rate), 1e-12) / PROPERTY_TRIALS)
         accept_stat += ((accepted[row].mean() - rate) / spread) ** 2
     return (token_stat, token_df), (accept_stat, PROPERTY_PAIRS)
 
 
 # the real rule, then each lossy rule that shows in one depth (bonus and q-position controls need two);
-# with a context draft before the siblings (context 1), the real rule and the context rules
-VERIFY_CASES = [(branching, 0, rule) for branching in [(1,), (3,)]
+# with a context draft before the siblings (context 1), the real rule and the context rules; with a context
+# and a recycled draft, often the same token, those and the duplicate rule
+VERIFY_CASES = [(branching, (0, 0), rule) for branching in [(1,), (3,)]
                 for rule in [None, "always_accept", "no_residual"] + ["siblings_share_residual"] * (branching != (1,))]
-VERIFY_CASES += [(branching, 1, rule) for branching in [(1,), (3,)] for rule in [None, *CONTEXT_RULES]]
+VERIFY_CASES += [(branching, (1, 0), rule) for branching in [(1,), (3,)] for rule in [None, *CONTEXT_RULES]]
+VERIFY_CASES += [(branching, (1, 1), rule) for branching in [(1,), (3,)]
+                 for rule in [None, *CONTEXT_RULES, "duplicate_counted_twice"]]
 
 
-@pytest.mark.parametrize("branching, context, rule", VERIFY_CASES,
-                         ids=[f"{b}-{'ctx-' * c}{r}" for b, c, r in VERIFY_CASES])
-def test_verify_commits_p_and_accepts_at_the_exact_rate(monkeypatch, branching, context, rule):
+@pytest.mark.parametrize("branching, chains, rule", VERIFY_CASES,
+                         ids=[f"{b}-{'ctx-' * c}{'rec-' * r}{rule}" for b, (c, r), rule in VERIFY_CASES])
+def test_verify_commits_p_and_accepts_at_the_exact_rate(monkeypatch, branching, chains, rule):
     """The token committed after a draft (the accepted draft or the residual) is distributed as p, and
     a draft is accepted with probability sum min(p, q) (K i.i.d. siblings: the recursive residual's
-    rate; a context draft c first: p(c), then the siblings against p without c); each lossy rule fails it."""
-    tree = DraftTree(branching, context)
+    rate; deterministic drafts c first: p'(c) each, then the siblings against p' without them); each
+    lossy rule fails it."""
+    tree = DraftTree(branching, *chains)
     if rule in CONTEXT_RULES:
         CONTEXT_RULES[rule](monkeypatch)
+    elif rule == "duplicate_counted_twice":
+        monkeypatch.setattr(sampling_lib, "verify", _duplicate_counted_twice(sampling_lib.verify))
     elif rule:
         LOSSY_RULES[rule][0](monkeypatch, tree)
     _verify_trials.clear_cache()
@@ -597,7 +647,8 @@ def test_verify_commits_p_and_accepts_at_the_exact_rate(monkeypatch, branching, 
     finally:
         monkeypatch.undo()
         _verify_trials.clear_cache()
-    print(branching, rule, f"token chi2 {token_stat:.1f} df {token_df}, acceptance chi2 {accept_stat:.1f} df {accept_df}")
+    print(branching, chains, rule, f"token chi2 {token_stat:.1f} df {token_df}, acceptance chi2 {accept_stat:.1f} "
+          f"df {accept_df}")
     exact = token_stat < chi_square_threshold(token_df) and accept_stat < chi_square_threshold(accept_df)
     assert exact == (rule is None), (token_stat, token_df, accept_stat, accept_df)
 

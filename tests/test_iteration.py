@@ -50,12 +50,23 @@ def test_label_round_trips_and_call_shapes(iteration, label, shapes):
     (lambda: Iteration.from_options(draft_tree="a,b"), "comma-separated candidate counts"),
     (lambda: Iteration.from_options("beam"), "mode must be one of"),
     (lambda: Iteration.parse("L=four, 1 call"), "not an iteration label"),
-    (lambda: Iteration.from_options(drafts="lookahead,recycle"), "--drafts takes proposer names from"),
+    (lambda: Iteration.from_options(drafts="lookahead,suffix"), "--drafts takes proposer names from"),
+    (lambda: Iteration.from_options(drafts="lookahead,recycle,recycle"), "--drafts takes proposer names from"),
+    (lambda: Iteration.from_options(drafts="lookahead:2"), "--drafts takes proposer names from"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:4:3:2"), "--drafts takes proposer names from"),
     (lambda: Iteration.from_options(drafts="context"), "--drafts needs the lookahead proposer"),
-    (lambda: Iteration.from_options(drafts="lookahead,context:x"), "takes a whole number M"),
-    (lambda: Iteration.from_options(drafts="lookahead,context:0"), "needs M >= 1"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:x"), "context:M takes a whole number"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:0"), "context:M needs a value >= 1"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:4:0"), r"context:M:N needs a value in 1\.\.16"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:4:17"), r"context:M:N needs a value in 1\.\.16"),
+    (lambda: Iteration.from_options(drafts="lookahead,context:4:two"), "context:M:N takes a whole number"),
+    (lambda: Iteration.from_options(drafts="lookahead,recycle:0"), "recycle:R needs a value >= 1"),
+    (lambda: Iteration(1, (4, 2), 4, ngram=0), "N in 1..16"),
     (lambda: Iteration.from_options(draft_tree="8,8,2", drafts="lookahead,context:60"),
      r"draft tree \(8, 8, 2\) and 60 context drafts has 260 nodes; at most 256"),
+    (lambda: Iteration.from_options(draft_tree="8,8,2", drafts="lookahead,context:2,recycle:60"),
+     r"and 2 context drafts and 60 recycle drafts has 262 nodes"),
+    (lambda: Iteration(1, (), recycle=2), "drafts nothing"),
     (lambda: Iteration(1, (), 2), "drafts nothing"),
 ])
 
@@ -68,6 +79,18 @@ def test_drafts_name_the_context_chain():
     assert Iteration.from_options(drafts="lookahead,context") == Iteration(1, (4, 2), 4)
     assert Iteration.from_options(num_lookahead=3, calls=2, drafts="lookahead, context:6") == Iteration(2, (1, 1, 1), 6)
     assert Iteration(1, (4, 2), 6).depth == 6 and Iteration(1, (4, 2), 1).depth == 2
+
+
+def test_drafts_name_the_longest_match_and_the_recycle_chain():
+    assert Iteration.from_options(drafts="lookahead,context:6:5") == Iteration(1, (4, 2), 6, ngram=5)
+    assert Iteration.from_options(drafts="lookahead,recycle") == Iteration(1, (4, 2), recycle=4)
+    both = Iteration.from_options(num_lookahead=2, calls=2, drafts="lookahead,recycle:3,context:2:1")
+    assert both == Iteration(2, (1, 1), 2, ngram=1, recycle=3) and both.num_nodes == 7 and both.depth == 3
+    assert both.call_shapes() == [(3, 3), (8, 8)] and not both.tree.is_chain
+    assert Iteration(1, (4, 2), ngram=5) == Iteration(1, (4, 2))  # N without a context chain means nothing
+    for iteration in (both, Iteration(1, (4, 2), 6, ngram=5), Iteration(1, (3,), recycle=2)):
+        assert Iteration.parse(iteration.label()) == iteration, iteration.label()
+    assert both.label() == "L=2, 2 calls, context 2 n<=1, recycle 3"
 
 
 def test_every_entry_point_defaults_to_the_same_iteration():

@@ -25,7 +25,7 @@ import json
 
 from pass_jax.bench import corpus_prompts
 from pass_jax.generate import Generator, resolve_lookahead
-from pass_jax.iteration import Iteration
+from pass_jax.iteration import NGRAM, Iteration
 from pass_jax.loading import load_model
 from pass_jax.sampling import GREEDY, PAPER
 from pass_jax.train import onpolicy
@@ -37,10 +37,16 @@ COPY_INSTRUCTIONS = {"text": "Rewrite the following passage in your own words, k
 
 
 def parse_variant(text: str) -> Iteration:
-    """'calls=1,tree=4-2', 'calls=2,L=4' or 'calls=1,tree=4-2,ctx=4' (a context chain of 4) -> the Iteration."""
+    """'calls=1,tree=4-2', 'calls=2,L=4', 'calls=1,tree=4-2,ctx=4' (a context chain of 4), with ngram=N (its
+    longest match) and rec=R (a recycle chain of R) -> the Iteration."""
     fields = dict(part.split("=") for part in text.split(","))
     tree = tuple(int(k) for k in fields["tree"].split("-")) if "tree" in fields else None
-    return Iteration.from_options("pass", fields.get("L"), int(fields.get("calls", 2)), tree, int(fields.get("ctx", 0)))
+    drafts = ["lookahead"]
+    if "ctx" in fields:
+        drafts.append(f"context:{fields['ctx']}:{fields.get('ngram', NGRAM)}")
+    if "rec" in fields:
+        drafts.append(f"recycle:{fields['rec']}")
+    return Iteration.from_options("pass", fields.get("L"), int(fields.get("calls", 2)), tree, ",".join(drafts))
 
 
 def domain_prompts(tokenizer, domain: str, num_prompts: int) -> tuple[str, list[str], bool]:
@@ -72,23 +78,24 @@ def main() -> None:
     for domain, mode in itertools.product(args.domain, modes):
         if args.own:
             records = onpolicy.read_records(args.own.format(domain=domain))
+            la_domain, chat = domain, mode == "chat"
             prompts = [r["prompt"] for r in records if r["mode"] == mode][:args.num_prompts]
         else:
-            prompts = corpus_prompts(model.tokenizer, domain, args.num_prompts, 64)
-        la_domain, prompts, chat = domain_prompts(model.tokenizer, domain, args.num_prompts)
+            la_domain, prompts, chat = domain_prompts(model.tokenizer, domain, args.num_prompts)
         for name in args.sampling:
             for variant in args.variant:
                 lookahead = resolve_lookahead(model, args.lookahead.format(domain=la_domain), la_domain,
                                               variant.num_lookahead)
                 generator = Generator(model, variant, lookahead=lookahead, chat=chat,
                                       max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
-                                      sampling=PAPER if name == "paper" else GREEDY, chat=mode == "chat")
+                                      sampling=PAPER if name == "paper" else GREEDY)
                 _, summary = generator.generate(prompts, seed=0)
                 print(json.dumps({"domain": domain, "context": mode, "prompts": len(prompts), "sampling": name,
                                   "lookahead": lookahead.source, **variant.to_json(), "width": variant.width,
                                   "tokens_per_call": summary["tokens_per_call"],
                                   "position_acceptance": summary["position_acceptance"],
                                   "context_share": summary["context_share"],
+                                  "recycle_share": summary["recycle_share"],
                                   "model_calls": summary["model_calls"], "new_tokens": summary["new_tokens"]}),
                       flush=True)
 

@@ -5,8 +5,8 @@ import argparse
 import json
 
 from .. import outputs
-from ..cli_args import (DRAFTS_HELP, add_model_arg, add_overwrite_arg, add_sampling_args, log, parse_int_list,
-                        read_lookahead_arg, sampling_from_args, seed_arg)
+from ..cli_args import (DRAFTS_HELP, DRAFTS_METAVAR, add_model_arg, add_overwrite_arg, add_sampling_args, log,
+                        parse_int_list, read_lookahead_arg, sampling_from_args, seed_arg)
 from ..defaults import BENCH_TREES
 
 TREES_HELP = ", ".join(",".join(map(str, t)) for t in BENCH_TREES)
@@ -36,7 +36,7 @@ def settings_from_args(args):
     if not chains and not trees and not auto:
         raise BenchError("give at least one PaSS setting: --num-lookahead, --draft-tree or auto")
     return build(BenchSettings, dict(num_lookahead=chains, calls=parse_int_list(args.calls, "--calls"),
-                                     draft_trees=trees, contexts=_parse_drafts(args.drafts), auto=auto, max_new_tokens=args.max_new_tokens,
+                                     draft_trees=trees, drafts=_parse_drafts(args.drafts), auto=auto, max_new_tokens=args.max_new_tokens,
                                      sampling=sampling_from_args(args), batch_size=args.batch_size,
                                      rounds=args.rounds, lookahead=args.lookahead, seed=args.seed,
                                      transformers=not args.no_transformers))
@@ -48,11 +48,10 @@ def _parse_tree(text: str) -> tuple[int, ...]:
     return parse_tree(text)
 
 
-def _parse_drafts(given: list[str] | None) -> tuple[int, ...]:
-    """The context chain lengths that repeated --drafts name (default: look-ahead drafts only)."""
-    from ..iteration import parse_drafts
-
-    return tuple(dict.fromkeys(parse_drafts(text) for text in given)) if given else (0,)
+def _parse_drafts(given: list[str] | None) -> tuple[str, ...]:
+    """The proposer sets that repeated --drafts name (default: look-ahead drafts only); `BenchSettings`
+    checks each before the model loads."""
+    return tuple(dict.fromkeys(given)) if given else ("lookahead",)
 
 
 def cmd_bench(args) -> int:
@@ -120,7 +119,7 @@ def register(subparsers) -> None:
                         help="model calls per PaSS iteration to compare: 2 (the paper) and/or 1 (default 2,1)")
     parser.add_argument("--draft-tree", action="append", metavar="K1,K2,...",
                         help=f"a draft tree to compare (repeatable; default {TREES_HELP}; none for no tree)")
-    parser.add_argument("--drafts", action="append", metavar="lookahead[,context[:M]]",
+    parser.add_argument("--drafts", action="append", metavar=DRAFTS_METAVAR,
                         help="draft proposers to compare (repeatable; every chain and tree runs with each): "
                              + DRAFTS_HELP)
     parser.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")

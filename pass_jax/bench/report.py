@@ -5,8 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import outputs
-from ..iteration import Iteration
-from .rows import cost_key
+from .rows import cost_key, row_iteration
 from .settings import PASS
 
 PLOT_FILES = ("speedup_vs_lookahead.png", "acceptance_by_position.png", "tokens_per_iteration.png")
@@ -39,7 +38,7 @@ def call_cost_table(report: dict[str, Any]) -> str:
              "acceptance by depth | predicted × ar | measured × ar |", "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         if r.get("predicted_ratio_vs_ar") is not None:
-            shapes = Iteration(r["calls"], tuple(r["draft_tree"]), r.get("context") or 0).call_shapes()
+            shapes = row_iteration(r).call_shapes()
             acceptance = " ".join(f"{a:.2f}" for a in r["position_acceptance"])
             lines.append(f"| {r['domain']} | {r['setting']} | {' + '.join(cost_key(s) for s in shapes)} | "
                          f"{r['iteration_cost_vs_ar_step']:.2f} | {r['tokens_per_call']:.2f} | {acceptance} | "
@@ -57,7 +56,8 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r for r in report["runs"] if r["method"] == PASS and not r.get("auto")
-            and all(k == 1 for k in r["draft_tree"]) and not r.get("context")]  # chains: a line per domain and calls
+            and all(k == 1 for k in r["draft_tree"]) and not r.get("context")
+            and not r.get("recycle")]  # chains: a line per domain and calls
     domains = list(dict.fromkeys(r["domain"] for r in rows))
     paths = [out_dir / name for name in PLOT_FILES]
 

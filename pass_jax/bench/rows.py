@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from ..generate import summarize
-from ..iteration import Iteration
+from ..iteration import NGRAM, Iteration
 from .methods import RoundResult
 from .settings import AR, HF_GREEDY, PASS
 
@@ -19,7 +19,8 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
     row = {"domain": domain, "method": method.name, "backend": method.backend, "decoding": method.decoding,
            "num_lookahead": method.num_lookahead, "calls": None if iteration is None else iteration.calls,
            "draft_tree": None if iteration is None else list(iteration.draft_tree),
-           "context": None if iteration is None else iteration.context,
+           **{chain: None if iteration is None else getattr(iteration, chain)
+              for chain in ("context", "ngram", "recycle")},
            "setting": "–" if iteration is None else iteration.label() + (" (auto)" if method.auto else ""),
            "auto": method.auto, "lookahead_source": method.lookahead_source,
            "batch_size": method.batch_size, "prompts": num_prompts, "rounds": len(results),
@@ -29,7 +30,7 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
            "ratio_vs_ar": None, "ratio_vs_transformers_greedy": None,
            "tokens_per_call": None, "calls_per_token": None, "mean_accepted": None,
            "predicted_ratio_vs_ar": None, "predicted_ratio_equal_call_cost": None,
-           "position_acceptance": None, "context_share": None, "tokens_per_iteration_hist": None,
+           "position_acceptance": None, "context_share": None, "recycle_share": None, "tokens_per_iteration_hist": None,
            "compile_s": method.compile_s, "peak_host_mb": peak_mb, "peak_device_mb": device_mb}
     if results[0].stats is None:
         return row
@@ -42,9 +43,15 @@ def summarize_method(method, domain: str, results: list[RoundResult], peak_mb: f
         hist = {str(accepted + iteration.calls): int(count) for accepted, count in enumerate(summary["accepted_hist"])}
     row.update(tokens_per_call=summary["tokens_per_call"], calls_per_token=calls / max(summary["new_tokens"], 1),
                mean_accepted=summary["mean_accepted"], position_acceptance=summary["position_acceptance"],
-               context_share=summary["context_share"],
+               context_share=summary["context_share"], recycle_share=summary["recycle_share"],
                tokens_per_iteration_hist=hist)
     return row
+
+
+def row_iteration(row: dict[str, Any]) -> Iteration:
+    """A PaSS row's `Iteration` (rows written before the recycle chain lack ngram and recycle)."""
+    return Iteration(row["calls"], tuple(row["draft_tree"]), row.get("context") or 0, ngram=row.get("ngram") or NGRAM,
+                     recycle=row.get("recycle") or 0)
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -62,7 +69,7 @@ def add_predictions(rows: list[dict[str, Any]], relative_cost: dict[tuple[int, i
     memory-bound regime of the paper)."""
     for row in rows:
         if row["method"] == PASS and row["tokens_per_call"]:
-            iteration = Iteration(row["calls"], tuple(row["draft_tree"]), row.get("context") or 0)
+            iteration = row_iteration(row)
             cost = sum(relative_cost[shape] for shape in iteration.call_shapes())
             row["iteration_cost_vs_ar_step"] = cost
             row["predicted_ratio_vs_ar"] = row["tokens_per_call"] * iteration.calls / cost

@@ -6,7 +6,7 @@ import dataclasses
 from ..decoding import check_budget
 from ..defaults import BENCH_TREES
 from ..errors import PassJaxError
-from ..iteration import Iteration
+from ..iteration import Iteration, parse_drafts
 from ..sampling import PAPER, SamplingConfig
 
 # The `method` of a report row.
@@ -28,7 +28,7 @@ class BenchSettings:
     num_lookahead: tuple[int, ...] = (1, 2, 4, 6)
     calls: tuple[int, ...] = (2, 1)  # PaSS calls per iteration to compare (--calls)
     draft_trees: tuple[tuple[int, ...], ...] = BENCH_TREES  # trees beside the chains
-    contexts: tuple[int, ...] = (0,)  # context chain lengths M to compare (--drafts; 0: look-ahead drafts only)
+    drafts: tuple[str, ...] = ("lookahead",)  # the proposer sets to compare (--drafts, `parse_drafts`)
     auto: bool = True  # add the row `-L auto` picks (when the look-ahead parameters carry acceptance metadata)
     max_new_tokens: int = 128
     sampling: SamplingConfig = PAPER  # top-k 10, temperature 0.8, as in the paper
@@ -52,6 +52,7 @@ class BenchSettings:
             raise BenchError(f"--batch-size must be >= 1, got {self.batch_size}")
 
     def iterations(self) -> list[Iteration]:
-        """The PaSS rows: a chain of each L and each tree, with each number of calls and each context chain."""
+        """The PaSS rows: a chain of each L and each tree, with each number of calls and each proposer set."""
         shapes = [(1,) * value for value in self.num_lookahead] + [tuple(t) for t in self.draft_trees]
-        return [Iteration(calls, shape, context) for shape in shapes for calls in self.calls for context in self.contexts]
+        chains = [parse_drafts(text) for text in self.drafts]
+        return [Iteration(calls, shape, **c) for shape in shapes for calls in self.calls for c in chains]
