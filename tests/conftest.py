@@ -97,7 +97,8 @@ def _memory_mappings() -> tuple[int, int]:
 @pytest.fixture(autouse=True)
 def _free_compiled_programs():
     """Drop every compiled program once the process holds a third of the kernel's memory mappings.
-    XLA:CPU maps its code a few pages at a time per loaded executable and JAX keeps every executable:
+    XLA:CPU maps its code a few pages at a time per loaded executable and JAX keeps every executable
+    (so do the compiled programs of live `Generator`s, which tests must not hoard):
     the full suite reached Linux's 65,530 (vm.max_map_count), and the next compilation aborted the
     whole pytest process in test_greedy_pass_equals_ar_smollm2 (measured: test_decoding.py's tests add
     30,000 mappings, mostly executable code pages; a compilation at the limit fails)."""

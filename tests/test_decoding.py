@@ -57,17 +57,24 @@ class _ByteTokenizer:
     eos_token_id = None
 
 
-_GENERATORS = {}  # one Generator (and compilation) per setting, as a user's process keeps it
+# One Generator (and its compiled programs) per setting, as a user's process keeps it; only the latest few,
+# since each holds its executables' memory mappings until it goes (see conftest._free_compiled_programs).
+_GENERATORS: collections.OrderedDict = collections.OrderedDict()
+KEPT_GENERATORS = 8
 
 
 def _generator(config, params, lookahead, iteration, max_new, sampling, eos):
     """The `Generator` of these settings: the path `pass-jax generate` ships (prefill, then the loop in chunks)."""
     la_key = None if lookahead is None else hash(np.asarray(jax.device_get(lookahead)).tobytes())
     key = (id(params), config, la_key, iteration, max_new, sampling, tuple(eos))
-    if key not in _GENERATORS:
+    if key in _GENERATORS:
+        _GENERATORS.move_to_end(key)
+    else:
         model = LoadedModel(config, params, _ByteTokenizer(), "test")
         _GENERATORS[key] = Generator(model, iteration, lookahead=lookahead, max_new_tokens=max_new,
                                      sampling=sampling, stop_ids=eos)
+        while len(_GENERATORS) > KEPT_GENERATORS:
+            _GENERATORS.popitem(last=False)
     return _GENERATORS[key]
 
 
@@ -436,8 +443,8 @@ def _verify_with(wrap):
     """A lossy `decoding.verify`: wrap(verify's result, its arguments) -> the result."""
     real = decoding.verify
 
-    def lossy(key, tree, node_tokens, q, p, greedy=False, support=None):
-        return wrap(functools.partial(real, support=support), key, tree, node_tokens, q, p, greedy)
+    def lossy(key, tree, node_tokens, q, p, greedy=False, **options):  # valid, support
+        return wrap(functools.partial(real, **options), key, tree, node_tokens, q, p, greedy)
     return lossy
 
 
@@ -446,7 +453,8 @@ def _bonus_from_parent(real, key, tree, node_tokens, q, p, greedy):
     walk skips the bonus position's own p."""
     accepted, path, nxt, flags = real(key, tree, node_tokens, q, p, greedy)
     parent = jnp.asarray(tree.parent)[path[:, -1]]
-    early = sample(jax.random.fold_in(key, 1), p[jnp.arange(len(parent)), parent])
+    early = sample(sampling_lib.split_rows(sampling_lib.row_keys(key, len(parent)), 2)[1],
+                   p[jnp.arange(len(parent)), parent])
     return accepted, path, jnp.where(accepted == tree.depth, early, nxt), flags
 
 
