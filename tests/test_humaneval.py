@@ -114,7 +114,8 @@ def test_cli_end_to_end_with_stub_generation(tmp_path, monkeypatch, capsys):
                  "--calls", "2", "--draft-tree", "3,1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["problems"] == 3 and report["settings"]["ks"] == [1, 2]
-    assert report["settings"]["iteration"] == {"calls": 2, "draft_tree": [3, 1], "context": 0}  # the iteration, as generate reads it
+    # the iteration, as generate reads it
+    assert report["settings"]["iteration"] == {"calls": 2, "draft_tree": [3, 1], "context": 0, "ngram": 3, "recycle": 0}
     assert report["modes"]["pass"]["pass_at_k"]["1"]["estimate"] == 1.0
     assert report["modes"]["ar"]["pass_at_k"]["2"]["estimate"] == 0.0
     assert report["comparison"]["pass_at_1_difference"] == 1.0 and report["comparison"]["problems_b_better"] == 3
